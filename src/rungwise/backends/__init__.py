@@ -1,0 +1,27 @@
+"""Model backends behind one protocol (see :mod:`rungwise.backends.base`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rungwise.backends.base import Backend, ProgressFn
+
+if TYPE_CHECKING:
+    from rungwise.task import ModelSpec
+
+__all__ = ["Backend", "ProgressFn", "make_backend"]
+
+
+def make_backend(spec: ModelSpec) -> Backend:
+    """Build the backend a task's ``model`` section asks for (heavy imports happen here)."""
+    if spec.backend == "scripted":
+        from rungwise.backends.scripted import ScriptedBackend
+
+        return ScriptedBackend(spec.script if spec.script is not None else ["ok"], model_id=f"scripted:{spec.id}")
+    if spec.backend == "openai":
+        from rungwise.backends.openai_compat import OpenAIBackend
+
+        return OpenAIBackend.from_spec(spec)
+    from rungwise.backends.local import LocalBackend
+
+    return LocalBackend.from_spec(spec)

@@ -1,0 +1,89 @@
+"""A deterministic, scripted test double that ships with the library.
+
+Unit tests use it so they cannot reach a real model by accident (like pydantic-ai's
+``TestModel`` and DSPy's ``DummyLM``). It is also a real backend for ``rungwise serve``
+in tests of the HTTP path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from rungwise.backends.base import Backend, ProgressFn
+from rungwise.types import Chat, Completion, GenParams
+
+
+def _last_user(chat: Chat) -> str:
+    for m in reversed(chat):
+        if m["role"] == "user":
+            return m["content"]
+    return ""
+
+
+class ScriptedBackend(Backend):
+    """Replies from a script.
+
+    ``script`` is a list (replies in call order, cycling), a dict (reply by the last user
+    message; ``default`` for anything else), or a function ``chat -> reply``. Token counts
+    are whitespace word counts, so tests can assert on them.
+
+    Example:
+        >>> b = ScriptedBackend({"hello": "hi", "default": "?"})
+        >>> [c.text for c in b.generate([[{"role": "user", "content": "hello"}]], GenParams())]
+        ['hi']
+    """
+
+    def __init__(
+        self,
+        script: Sequence[str] | dict[str, str] | Callable[[Chat], str] | None = None,
+        *,
+        model_id: str = "scripted",
+        delay_s: float = 0.0,
+        choice_scores: Callable[[Chat, str], float] | None = None,
+    ) -> None:
+        self.script = script if script is not None else ["ok"]
+        self.model_id = model_id
+        self.delay_s = delay_s
+        self.calls: list[Chat] = []
+        self._i = 0
+        self._choice_scores = choice_scores
+
+    def _reply(self, chat: Chat) -> str:
+        s = self.script
+        if callable(s):
+            return s(chat)
+        if isinstance(s, dict):
+            return s.get(_last_user(chat), s.get("default", ""))
+        reply = s[self._i % len(s)]
+        self._i += 1
+        return reply
+
+    def generate(self, prompts: Sequence[Chat], params: GenParams, progress: ProgressFn | None = None) -> list[Completion]:
+        out = []
+        for chat in prompts:
+            t0 = time.perf_counter()
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            self.calls.append(list(chat))
+            text = self._reply(list(chat))
+            for stop in params.stop:
+                if stop and stop in text:
+                    text = text[: text.index(stop)]
+            words = text.split()
+            if len(words) > params.max_tokens:
+                text = " ".join(words[: params.max_tokens])
+            prompt_tokens = sum(len(m["content"].split()) + 1 for m in chat)
+            out.append(Completion(text, prompt_tokens, len(text.split()), time.perf_counter() - t0))
+            if progress:
+                progress(1)
+        return out
+
+    def loglikelihood(self, prompts: Sequence[Chat], choices: Sequence[Sequence[str]]) -> list[list[float]]:
+        if self._choice_scores is None:
+            # Prefer the choice the script would have answered.
+            return [[0.0 if c.strip() == self._reply(list(p)).strip() else -5.0 for c in cs] for p, cs in zip(prompts, choices, strict=True)]
+        return [[self._choice_scores(list(p), c) for c in cs] for p, cs in zip(prompts, choices, strict=True)]
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())

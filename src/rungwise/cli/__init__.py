@@ -1,0 +1,51 @@
+"""The command line. Each command group lives in its own module and registers itself here."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from rungwise.errors import RungwiseError
+
+app = typer.Typer(
+    name="rungwise",
+    help="Measure the customization ladder (prompt, few-shot, RAG, fine-tune) on your own data, with a verdict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Modules that define commands on `app` (import order = order in --help).
+COMMAND_MODULES = [
+    "rungwise.cli.core",
+]
+
+for _mod in COMMAND_MODULES:
+    importlib.import_module(_mod).register(app)
+
+
+def main() -> None:
+    """Entry point: user errors print a clear message and exit 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except RungwiseError as exc:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("\ninterrupted; resume with --resume", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,202 @@
+"""Loaders for JSONL ``{input, output}``, JSONL chat ``{messages}``, alpaca and CSV.
+
+Every error names ``file:line`` and the field, and says what to do.
+
+Example:
+    >>> examples = load_examples("data.jsonl")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rungwise.errors import DataError
+from rungwise.types import Example, Message
+
+FORMATS = ("auto", "jsonl", "chat", "alpaca", "csv")
+_ROLES = {"system", "user", "assistant"}
+
+
+def read_text(path: Path) -> str:
+    """Read a UTF-8 file (a BOM is accepted) or raise a DataError naming the line of the bad byte."""
+    if not path.exists():
+        raise DataError(f"{path}: no such data file", hint="check the path in task.yaml (relative to task.yaml)")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file", hint="point at a .jsonl or .csv file")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            hint=f"convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}",
+        ) from None
+
+
+def _jsonl_records(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path}:{n}: malformed JSON ({exc.msg} at column {exc.colno})",
+                hint="each line must be one JSON object; fix or delete that line",
+            ) from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}", hint="write one {...} object per line")
+        yield n, rec
+
+
+def _detect(path: Path, first: dict[str, Any] | None) -> str:
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return "csv"
+    if first is None:
+        return "jsonl"
+    if "messages" in first:
+        return "chat"
+    if "instruction" in first:
+        return "alpaca"
+    return "jsonl"
+
+
+def _text(value: Any, where: str, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (dict, list)):
+        # Structured outputs (JSON extraction) are kept as canonical JSON text.
+        return json.dumps(value, ensure_ascii=False)
+    raise DataError(f"{where}: field '{field}' must be text, got {type(value).__name__}", hint=f"give '{field}' a string value")
+
+
+def _require(rec: dict[str, Any], field: str, where: str, fmt: str) -> Any:
+    if field not in rec:
+        keys = ", ".join(sorted(rec)) or "none"
+        raise DataError(
+            f"{where}: missing field '{field}' (this line has: {keys})",
+            hint=f"add '{field}' to every record, or map your field names with data.columns in task.yaml ({fmt} format)",
+        )
+    return rec[field]
+
+
+def _meta(rec: dict[str, Any], used: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in rec.items() if k not in used}
+
+
+def _from_chat(rec: dict[str, Any], where: str) -> Example:
+    msgs = _require(rec, "messages", where, "chat")
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(f"{where}: field 'messages' must be a non-empty list", hint='write {"messages": [{"role": "user", ...}, ...]}')
+    clean: list[Message] = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"{where}: messages[{i}] needs 'role' and 'content'", hint="each message is {\"role\": ..., \"content\": ...}")
+        if m["role"] not in _ROLES:
+            raise DataError(f"{where}: messages[{i}].role is {m['role']!r}", hint="use one of: system, user, assistant")
+        clean.append({"role": m["role"], "content": _text(m["content"], where, f"messages[{i}].content")})
+    if clean[-1]["role"] != "assistant":
+        raise DataError(
+            f"{where}: the last message must be the assistant's (the expected output), got {clean[-1]['role']!r}",
+            hint="end each conversation with the assistant reply to learn or score",
+        )
+    if not clean[-1]["content"].strip():
+        raise DataError(f"{where}: the last assistant message is empty", hint="give the expected output, or drop the line")
+    history = clean[:-1]
+    # The task's instructions are the system prompt; a system turn in the data stays in the history.
+    users = [m["content"] for m in history if m["role"] == "user"]
+    if not users:
+        raise DataError(f"{where}: no user message before the assistant reply", hint="add the user's turn")
+    return Example(
+        input=users[-1],
+        output=clean[-1]["content"],
+        messages=tuple(history),
+        label=rec.get("label"),
+        source=where,
+        metadata=_meta(rec, {"messages", "label"}),
+    )
+
+
+def _from_alpaca(rec: dict[str, Any], where: str) -> Example:
+    instr = _text(_require(rec, "instruction", where, "alpaca"), where, "instruction")
+    inp = _text(rec.get("input", ""), where, "input")
+    out = _text(_require(rec, "output", where, "alpaca"), where, "output")
+    text = f"{instr}\n\n{inp}" if inp.strip() else instr
+    return Example(input=text, output=out, source=where, metadata=_meta(rec, {"instruction", "input", "output"}))
+
+
+def _from_plain(rec: dict[str, Any], where: str, cin: str, cout: str) -> Example:
+    inp = _text(_require(rec, cin, where, "jsonl"), where, cin)
+    out = _text(_require(rec, cout, where, "jsonl"), where, cout)
+    docs = rec.get("gold_doc_ids") or ()
+    return Example(
+        input=inp,
+        output=out,
+        source=where,
+        gold_doc_ids=tuple(str(d) for d in docs) if isinstance(docs, list) else (),
+        metadata=_meta(rec, {cin, cout, "gold_doc_ids"}),
+    )
+
+
+def _csv_examples(path: Path, text: str, cin: str, cout: str) -> list[Example]:
+    delim = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+    header = reader.fieldnames or []
+    for col in (cin, cout):
+        if col not in header:
+            raise DataError(
+                f"{path}:1: no column '{col}' in the header (columns: {', '.join(header) or 'none'})",
+                hint="name the columns with data.columns.input / data.columns.output in task.yaml",
+            )
+    out = []
+    for row in reader:
+        line = reader.line_num  # last physical line of this record
+        where = f"{path}:{line}"
+        if None in row or any(v is None for v in row.values()):
+            raise DataError(
+                f"{where}: expected {len(header)} columns, got a different number",
+                hint="quote fields that contain the delimiter, or fix the row",
+            )
+        if not row[cout].strip():
+            raise DataError(f"{where}: column '{cout}' is empty", hint="give the expected output, or drop the row")
+        out.append(Example(input=row[cin], output=row[cout], source=where, metadata=_meta(row, {cin, cout})))
+    return out
+
+
+def load_examples(path: str | Path, fmt: str = "auto", input_field: str = "input", output_field: str = "output") -> list[Example]:
+    """Load examples from a data file. Raises :class:`DataError` on any malformed line."""
+    p = Path(path)
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")
+    text = read_text(p)
+    if fmt == "auto" and p.suffix.lower() in (".csv", ".tsv"):
+        fmt = "csv"
+    if fmt == "csv":
+        examples = _csv_examples(p, text, input_field, output_field)
+    else:
+        records = list(_jsonl_records(p, text))
+        if fmt == "auto":
+            fmt = _detect(p, records[0][1] if records else None)
+        examples = []
+        for n, rec in records:
+            where = f"{p}:{n}"
+            if fmt == "chat":
+                ex = _from_chat(rec, where)
+            elif fmt == "alpaca":
+                ex = _from_alpaca(rec, where)
+            else:
+                ex = _from_plain(rec, where, input_field, output_field)
+            if fmt != "chat" and not ex.output.strip():
+                raise DataError(f"{where}: field '{output_field}' is empty", hint="give the expected output, or drop the line")
+            examples.append(ex)
+    if not examples:
+        raise DataError(f"{p}: no examples in the file (it is empty)", hint="add examples, one per line (JSONL) or per row (CSV)")
+    return examples

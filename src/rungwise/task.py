@@ -1,0 +1,318 @@
+"""task.yaml: the schema, every field documented, and loading with clear errors.
+
+Example:
+    >>> task = load_task("examples/ticket-routing/task.yaml")  # doctest: +SKIP
+    >>> task.metric.name
+    'accuracy'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rungwise.errors import ConfigError
+from rungwise.types import GenParams
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class _Strict(BaseModel):
+    # Unknown keys are almost always typos; say so instead of ignoring them.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Columns(_Strict):
+    """Which fields (JSONL keys or CSV columns) hold the input and the expected output."""
+
+    input: str = Field("input", description="Field or column with the model input.")
+    output: str = Field("output", description="Field or column with the expected output.")
+
+
+class DataSpec(_Strict):
+    """Where the examples come from and how they are split.
+
+    Give either ``path`` (one file, split by ``test_fraction`` and ``seed``) or ``train`` and
+    ``test`` (explicit files). Paths are relative to task.yaml.
+    """
+
+    path: str | None = Field(None, description="One data file, split into train/test by test_fraction.")
+    train: str | None = Field(None, description="Explicit train file (use with `test`).")
+    test: str | None = Field(None, description="Explicit held-out test file (use with `train`).")
+    format: Literal["auto", "jsonl", "chat", "alpaca", "csv"] = Field(
+        "auto",
+        description="auto: by extension and first record; jsonl {input, output}; chat {messages: [...]} "
+        "(last assistant message = expected output); alpaca {instruction, input, output}; csv with named columns.",
+    )
+    columns: Columns = Field(default_factory=Columns, description="Field names for jsonl/csv input and output.")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of examples held out for testing (with `path`).")
+    seed: int = Field(13, description="Seed of the deterministic split and of every sampler.")
+    max_train: int | None = Field(None, gt=0, description="Cap the train split (seeded sample), for speed.")
+    max_test: int | None = Field(None, gt=0, description="Cap the test split (seeded, stratified sample).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if self.path and (self.train or self.test):
+            raise ValueError("give either `path` or `train` + `test`, not both")
+        if not self.path and not self.train:
+            raise ValueError("give `path` (one file to split) or `train` and `test` files")
+        if self.test and not self.train:
+            raise ValueError("`test` needs a `train` file too")
+        return self
+
+
+class MetricSpec(_Strict):
+    """The metric. ``name`` is one of: exact_match, accuracy, macro_f1, json_valid, json_schema,
+    json_fields, numeric, chrf, regex, or ``python:module:function`` for your own."""
+
+    name: str = Field("exact_match", description="Metric name (see above).")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Metric options, e.g. {schema: schema.json} for json_schema, {pattern: '...'} for regex, "
+        "{tolerance: 1e-6} for numeric, {case_sensitive: true} for exact_match.",
+    )
+
+
+_TARGET_RE = re.compile(r"^\s*([A-Za-z_][\w:.-]*)\s*(>=|>|<=|<)\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
+
+
+class Target(BaseModel):
+    """A parsed target such as ``accuracy >= 0.9``."""
+
+    metric: str
+    op: Literal[">=", ">", "<=", "<"]
+    value: float
+
+    def met(self, value: float) -> bool:
+        return {">=": value >= self.value, ">": value > self.value, "<=": value <= self.value, "<": value < self.value}[
+            self.op
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+def parse_target(text: str) -> Target:
+    """Parse ``"accuracy >= 0.9"`` or ``"accuracy >= 90%"``.
+
+    >>> parse_target("accuracy >= 90%").value
+    0.9
+    """
+    m = _TARGET_RE.match(text)
+    if not m:
+        raise ValueError(f"cannot read target {text!r}; write it like 'accuracy >= 0.9'")
+    value = float(m.group(3)) / (100 if m.group(4) else 1)
+    return Target(metric=m.group(1), op=m.group(2), value=value)  # type: ignore[arg-type]
+
+
+class GenParamsSpec(_Strict):
+    """Generation parameters."""
+
+    max_tokens: int = Field(32, gt=0, description="Maximum new tokens per answer.")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy (deterministic, the default for evaluation).")
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = Field(default_factory=lambda: ["\n\n"], description="Stop sequences.")
+    seed: int | None = Field(0, description="Sampling seed where the backend supports one.")
+
+    def to_params(self) -> GenParams:
+        return GenParams(self.max_tokens, self.temperature, self.top_p, tuple(self.stop), self.seed)
+
+
+class ModelSpec(_Strict):
+    """Which model answers, through which backend."""
+
+    backend: Literal["local", "openai", "scripted"] = Field(
+        "local",
+        description="local: transformers on this machine (private by default); openai: any OpenAI-compatible "
+        "endpoint (vLLM, llama.cpp server, Ollama, OpenAI); scripted: the deterministic test double.",
+    )
+    id: str = Field(
+        DEFAULT_MODEL,
+        description=f"Model: '{DEFAULT_MODEL}' (the embedded GGUF), a local directory, a .gguf file, or a hub id "
+        "(local); the served model name (openai).",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside `id` when `id` is a directory.")
+    base_url: str | None = Field(None, description="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str | None = Field(
+        None, description="openai backend: name of the environment variable holding the API key (never the key)."
+    )
+    params: GenParamsSpec = Field(default_factory=GenParamsSpec)
+    batch_size: int = Field(8, gt=0, description="local: prompts per forward pass.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="local: auto = bf16 where the CPU/GPU supports it, else fp32."
+    )
+    device: str = Field("auto", description="local: auto, cpu, cuda, cuda:1 ...")
+    prefix_cache: bool = Field(True, description="local: compute the KV cache of the shared prompt prefix once.")
+    concurrency: int = Field(4, gt=0, description="openai: requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="openai: per-request timeout.")
+    max_retries: int = Field(4, ge=0, description="openai: retries on 429/5xx/timeouts, with exponential backoff.")
+    trust_remote_code: bool = Field(False, description="local: allow model code from the model directory.")
+    script: dict[str, str] | list[str] | None = Field(
+        None, description="scripted: replies by input text (dict) or in order (list), for tests and dry runs."
+    )
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> ModelSpec:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs `base_url` (e.g. http://127.0.0.1:8000/v1)")
+        return self
+
+
+class FewShotSpec(_Strict):
+    """The few_shot rung."""
+
+    k: int = Field(5, gt=0, description="Number of demonstrations from the train split.")
+    strategy: Literal["stratified", "nearest"] = Field(
+        "stratified",
+        description="stratified: a seeded sample spread over labels, the same demos for every input (its prefix "
+        "is cached); nearest: the k train examples most similar to each input.",
+    )
+
+
+class RungsSpec(_Strict):
+    """Which rungs to climb, in order, and their settings."""
+
+    order: list[str] = Field(default_factory=lambda: ["zero_shot", "few_shot"], description="Rungs in climbing order.")
+    few_shot: FewShotSpec = Field(default_factory=FewShotSpec)
+
+
+class Task(_Strict):
+    """What the user wants measured. See ``rungwise init`` for a documented example."""
+
+    name: str = Field(description="Short task name, shown in reports and the run store.")
+    description: str = Field("", description="Free text for the report.")
+    data: DataSpec
+    instructions: str = Field("", description="The system prompt: what the model should do and how to answer.")
+    labels: list[str] | None = Field(None, description="Closed label set for classification tasks.")
+    metric: MetricSpec = Field(default_factory=MetricSpec)
+    target: str | None = Field(None, description="Goal, e.g. 'accuracy >= 0.9'. The climb stops at the first rung meeting it.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    rungs: RungsSpec = Field(default_factory=RungsSpec)
+
+    # Set by load_task; not part of the YAML.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    source_path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _metric_str(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        v = [str(x).strip() for x in v]
+        if len(v) < 2:
+            raise ValueError("a label set needs at least two labels")
+        dup = {x for x in v if v.count(x) > 1}
+        if dup:
+            raise ValueError(f"duplicate labels: {sorted(dup)}")
+        return v
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_target(v)
+        return v
+
+    @property
+    def parsed_target(self) -> Target | None:
+        return parse_target(self.target) if self.target else None
+
+    def resolve(self, p: str | Path) -> Path:
+        """A path from the YAML, relative to the task file's directory."""
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def config_hash(self) -> str:
+        """Hash of the validated config (what would change results), for the run store."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Line number (1-based) of the YAML node at ``loc``, or of its deepest existing parent."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == str(key):
+                    line, nxt = k.start_mark.line + 1, v
+                    break
+            if nxt is None:
+                break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def task_from_dict(raw: Any, *, base_dir: Path = Path("."), source: str = "<task>", text: str = "") -> Task:
+    """Validate a task dict; errors name ``source:line`` and the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of task fields at the top level", hint="see `rungwise init`")
+    try:
+        task = Task.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+            field = ".".join(str(x) for x in loc) or "(top level)"
+            ln = _yaml_line(text, loc) if text else None
+            where = f"{source}:{ln}" if ln else source
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (typo?)"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            lines.append(f"{where}: field '{field}': {msg}")
+        raise ConfigError(
+            "invalid task file:\n  " + "\n  ".join(lines),
+            hint="correct the field(s) above; `rungwise init DIR` writes a documented example",
+        ) from None
+    task.base_dir = base_dir
+    return task
+
+
+def load_task(path: str | Path) -> Task:
+    """Load and validate task.yaml.
+
+    Example:
+        >>> task = load_task("task.yaml")  # doctest: +SKIP
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "task.yaml"
+    if not p.exists():
+        raise ConfigError(f"{p}: no such task file", hint="pass the path to task.yaml, or create one with `rungwise init DIR`")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not valid UTF-8 (byte {exc.start})", hint="save the file as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}", hint="fix the YAML syntax at that line (indentation, quotes, colons)") from None
+    task = task_from_dict(raw, base_dir=p.resolve().parent, source=str(p), text=text)
+    task.source_path = p.resolve()
+    return task

@@ -1,0 +1,144 @@
+"""The stable data model: examples, completions, rung and climb results.
+
+Standard library only (dataclasses), so every layer can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(TypedDict):
+    """One chat message, OpenAI-style: ``{"role": "user", "content": "hi"}``."""
+
+    role: str
+    content: str
+
+
+Chat = list[Message]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input and its expected output.
+
+    ``input`` is the user's text; ``messages`` holds the prior chat turns when the data was
+    in chat format (the last assistant turn, the expected output, is not in it).
+
+    Example:
+        >>> ex = Example(input="I was charged twice", output="billing", source="data.jsonl:1")
+        >>> ex.label is None
+        True
+    """
+
+    input: str
+    output: str
+    messages: tuple[Message, ...] = ()
+    label: str | None = None
+    gold_doc_ids: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    source: str = ""  # "file:line" for error messages and reports
+
+    def chat(self) -> Chat:
+        """The user-side conversation to send to a model (without the system prompt)."""
+        if self.messages:
+            return [dict(m) for m in self.messages]  # type: ignore[misc]
+        return [{"role": "user", "content": self.input}]
+
+    @property
+    def id(self) -> str:
+        """A stable content hash: same input and output give the same id on any machine."""
+        payload = json.dumps([self.input, [dict(m) for m in self.messages], self.output], ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Generation parameters shared by every backend."""
+
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = 0
+
+
+@dataclass
+class Completion:
+    """One model answer with what it cost.
+
+    ``cached_tokens`` is the number of prompt tokens served from a reused prefix cache
+    (local KV-cache reuse or a provider's prompt caching).
+    """
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cached_tokens: int = 0
+    finish_reason: str = "stop"
+
+
+@dataclass
+class MetricValue:
+    """A metric's point estimate with a bootstrap 95% confidence interval."""
+
+    name: str
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+@dataclass
+class Comparison:
+    """A paired significance test of one rung against the rung below it."""
+
+    against: str
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    test: str
+    significant: bool
+
+
+@dataclass
+class RungResult:
+    """Everything measured for one rung on the held-out split."""
+
+    rung: str
+    metric: MetricValue
+    format_valid_rate: float
+    mean_prompt_tokens: float
+    mean_completion_tokens: float
+    mean_cached_tokens: float
+    latency_p50_s: float
+    latency_p95_s: float
+    examples_per_s: float
+    meets_target: bool
+    scores: list[float] = field(default_factory=list)
+    valid: list[bool] = field(default_factory=list)
+    predictions: list[str] = field(default_factory=list)
+    comparison: Comparison | None = None
+    artifact: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass
+class ClimbResult:
+    """The ladder: rung results in order, and where it stopped."""
+
+    task: str
+    run_id: int
+    rungs: list[RungResult]
+    target: str | None
+    stopped_at: str | None
+    n_test: int
+    leakage_dropped: int = 0
+    notes: list[str] = field(default_factory=list)
