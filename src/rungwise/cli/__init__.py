@@ -32,8 +32,9 @@ def main() -> None:
         app(standalone_mode=False)
     except RungwiseError as exc:
         from rich.console import Console
+        from rich.text import Text
 
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("\ninterrupted; resume with --resume", file=sys.stderr)

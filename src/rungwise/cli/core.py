@@ -1,0 +1,212 @@
+"""Core commands: init, climb, runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rungwise.errors import RungwiseError
+from rungwise.types import ClimbResult, RungResult
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def ladder_table(c: ClimbResult, title: str | None = None) -> Table:
+    """The ladder: one row per rung, with CI, format-valid rate, tokens, latency, p-value, target."""
+    t = Table(title=title or f"{c.task}: the ladder (n_test={c.n_test}, run {c.run_id})", title_justify="left")
+    for col, just in [("rung", "left"), ("metric [95% CI]", "right"), ("format-valid", "right"), ("tokens/call", "right"),
+                      ("p50 latency", "right"), ("ex/s", "right"), ("p vs below", "right"), ("meets target?", "center")]:
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in c.rungs:
+        m = r.metric
+        cmp = r.comparison
+        p = "—" if cmp is None else (f"{cmp.p_value:.3g}" + (" *" if cmp.significant else ""))
+        meets = "—" if not c.target else ("yes" if r.meets_target else "no")
+        t.add_row(
+            r.rung,
+            f"{m.name} {m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}]",
+            _fmt_pct(r.format_valid_rate),
+            f"{r.mean_prompt_tokens:.0f} + {r.mean_completion_tokens:.1f}",
+            f"{1000 * r.latency_p50_s:.0f} ms",
+            f"{r.examples_per_s:.1f}",
+            p,
+            meets,
+        )
+    return t
+
+
+def _summary(c: ClimbResult) -> str:
+    if not c.target:
+        return "no target set: every requested rung was measured"
+    if c.stopped_at:
+        return f"target {c.target} met at rung '{c.stopped_at}': climb stopped there (use --all to measure the rest)"
+    met = [r.rung for r in c.rungs if r.meets_target]
+    if met:
+        return f"target {c.target} met by: {', '.join(met)}"
+    return f"no measured rung meets the target {c.target}"
+
+
+class _RichReporter:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.progress: Progress | None = None
+        self.task_id: Any = None
+
+    def rung_start(self, name: str, total: int, done: int) -> None:
+        if not self.enabled:
+            return
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=err_console, transient=False,
+            )
+            self.progress.start()
+        self.task_id = self.progress.add_task(name, total=total, completed=done, rate="")
+        self._t0 = __import__("time").perf_counter()
+        self._n = 0
+
+    def advance(self, n: int) -> None:
+        if self.progress is not None:
+            self._n += n
+            dt = __import__("time").perf_counter() - self._t0
+            self.progress.update(self.task_id, advance=n, rate=f"{self._n / dt:.1f} ex/s" if dt > 0 else "")
+
+    def rung_end(self, result: RungResult) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        err_console.print(f"[dim]note:[/] {message}", highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def init(
+        directory: Annotated[Path, typer.Argument(help="Directory to create the task in.")],
+        force: Annotated[bool, typer.Option(help="Write into an existing non-empty directory (never overwrites files).")] = False,
+    ) -> None:
+        """Write a working task (task.yaml + a 200-example ticket-routing dataset) to DIRECTORY."""
+        src = resources.files("rungwise") / "templates" / "ticket-routing"
+        directory.mkdir(parents=True, exist_ok=True)
+        names = [p.name for p in src.iterdir() if p.name in ("task.yaml", "data.jsonl")]
+        clash = [n for n in names if (directory / n).exists()]
+        if clash:
+            raise RungwiseError(
+                f"{directory}: {', '.join(clash)} already exist(s); rungwise never overwrites your files",
+                hint="choose a new directory, or move those files away",
+            )
+        if any(directory.iterdir()) and not force:
+            raise RungwiseError(f"{directory}: directory is not empty", hint="use a new directory, or pass --force")
+        for n in names:
+            with resources.as_file(src / n) as f:
+                shutil.copyfile(f, directory / n)
+        console.print(f"wrote {directory}/task.yaml and {directory}/data.jsonl\nnext: rungwise climb {directory}/task.yaml")
+
+    @app.command()
+    def climb(
+        task_file: Annotated[Path, typer.Argument(help="task.yaml (or its directory).", metavar="TASK")],
+        all_rungs: Annotated[bool, typer.Option("--all", help="Measure every rung, even after one meets the target.")] = False,
+        rungs: Annotated[str | None, typer.Option(help="Comma-separated rungs to climb (default: rungs.order).")] = None,
+        limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N test examples, for a quick try.")] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="Resume the latest unfinished run of this task config.")] = False,
+        run: Annotated[int | None, typer.Option(help="With --resume: the run id to resume.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")] = False,
+        progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    ) -> None:
+        """Climb the ladder on the held-out split and print the ladder table."""
+        from rungwise.climb import climb as do_climb
+        from rungwise.climb import climb_to_dict
+        from rungwise.task import load_task
+
+        task = load_task(task_file)
+        rep = _RichReporter(progress and not as_json)
+        try:
+            result = do_climb(
+                task,
+                rungs=[r.strip() for r in rungs.split(",") if r.strip()] if rungs else None,
+                all_rungs=all_rungs,
+                limit=limit,
+                resume=(run if run is not None else True) if resume else False,
+                reporter=rep,
+            )
+        except KeyboardInterrupt:
+            rep.close()
+            err_console.print(f"\ninterrupted: resume with  rungwise climb {task_file} --resume")
+            raise typer.Exit(130) from None
+        finally:
+            rep.close()
+        if as_json:
+            print(json.dumps(climb_to_dict(result), indent=2, default=str))
+            return
+        console.print(ladder_table(result))
+        console.print(_summary(result))
+        console.print("[dim]* = significant at p < 0.05 (paired test against the rung below)[/]")
+
+    runs_app = typer.Typer(help="The run store: past climbs and their rungs.", no_args_is_help=True)
+    app.add_typer(runs_app, name="runs")
+
+    @runs_app.command("list")
+    def runs_list(
+        limit: Annotated[int, typer.Option(min=1, help="How many recent runs.")] = 20,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """List recent runs."""
+        from rungwise.store import Store
+
+        rows = Store().list_climbs(limit)
+        if as_json:
+            print(json.dumps([{k: r[k] for k in r.keys() if k not in ("config_json", "result_json")} for r in rows], indent=2))
+            return
+        t = Table(title="runs")
+        for col in ("id", "task", "model", "n_test", "status", "created"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(str(r["id"]), r["task_name"], r["model_id"], str(r["n_test"]), r["status"], r["created_at"])
+        console.print(t)
+
+    @runs_app.command("show")
+    def runs_show(
+        run_id: Annotated[int, typer.Argument(help="Run id (see `rungwise runs list`).", metavar="ID")],
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """Show a run: its ladder, data and model provenance, and each rung's prompt artifact."""
+        from rungwise.climb import climb_to_dict, load_climb
+        from rungwise.store import Store
+
+        store = Store()
+        row = store.climb(run_id)
+        c = load_climb(run_id, store)
+        if as_json:
+            d = climb_to_dict(c)
+            d["provenance"] = {k: row[k] for k in ("config_hash", "train_hash", "test_hash", "model_id", "n_train", "status", "created_at", "rungwise_version")}
+            d["artifacts"] = {r["name"]: json.loads(r["artifact_json"]) for r in store.rungs(run_id)}
+            print(json.dumps(d, indent=2, default=str))
+            return
+        console.print(
+            f"run {run_id}: task [bold]{row['task_name']}[/] ({row['status']}), model {row['model_id']}\n"
+            f"config {row['config_hash']}, train {row['n_train']} ({row['train_hash']}), test {row['n_test']} ({row['test_hash']}), "
+            f"leakage dropped {row['leakage_exact']} exact + {row['leakage_normalized']} normalized"
+        )
+        console.print(ladder_table(c))
+        for r in store.rungs(run_id):
+            art = json.loads(r["artifact_json"])
+            prompt = art.get("prompt", {})
+            demos = len(prompt.get("demos", [])) if isinstance(prompt, dict) else 0
+            console.print(f"[bold]{r['name']}[/] ({r['status']}): {art.get('kind', '?')}, {demos} demo(s)", highlight=False)

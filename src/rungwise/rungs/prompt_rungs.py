@@ -1,0 +1,132 @@
+"""The prompting rungs: ``zero_shot`` and ``few_shot``."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+from rungwise.prompting import PromptTemplate
+from rungwise.rungs.base import Prepared, Rung, RungContext, base_system
+from rungwise.types import Example
+
+
+class ZeroShot(Rung):
+    """System prompt (instructions + label list / format rules) and the input; nothing else."""
+
+    name = "zero_shot"
+    summary = "instructions + label list, no examples"
+
+    def prepare(self, ctx: RungContext) -> Prepared:
+        tpl = PromptTemplate(base_system(ctx.task))
+        return Prepared(tpl, artifact={"kind": "prompt", "prompt": tpl.to_dict()})
+
+
+def stratified_demos(train: Sequence[Example], k: int, seed: int, by_label: bool) -> list[Example]:
+    """k demos spread over the output labels (round-robin over a seeded label order), seeded.
+
+    With fewer slots than labels, k distinct labels are picked at random; demos are then
+    shuffled so the last demo's label does not bias the answer.
+    """
+    rng = random.Random(seed)
+    if not by_label:
+        return rng.sample(list(train), min(k, len(train)))
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for ex in train:
+        groups[ex.output].append(ex)
+    labels = sorted(groups)
+    rng.shuffle(labels)
+    pools = {lab: rng.sample(groups[lab], len(groups[lab])) for lab in labels}
+    demos: list[Example] = []
+    while len(demos) < min(k, len(train)):
+        for lab in labels:
+            if pools[lab] and len(demos) < k:
+                demos.append(pools[lab].pop())
+    rng.shuffle(demos)
+    return demos
+
+
+class _Similarity:
+    """TF-IDF cosine nearest neighbours over the train inputs (scipy sparse; no model needed)."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        import numpy as np
+        from scipy import sparse
+
+        from rungwise.data.split import normalize_text
+
+        self._norm = normalize_text
+        vocab: dict[str, int] = {}
+        rows, cols = [], []
+        for i, t in enumerate(texts):
+            for tok in self._tokens(t):
+                rows.append(i)
+                cols.append(vocab.setdefault(tok, len(vocab)))
+        self.vocab = vocab
+        tf = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(texts), max(1, len(vocab))))
+        tf.data = 1 + np.log(tf.data)  # duplicates were summed: sublinear tf
+        df = np.bincount(tf.indices, minlength=tf.shape[1])
+        self.idf = np.log((1 + len(texts)) / (1 + df)) + 1
+        self.matrix = self._l2(tf.multiply(self.idf).tocsr())
+
+    def _tokens(self, text: str) -> list[str]:
+        words = self._norm(text).split()
+        return words + [a + " " + b for a, b in zip(words, words[1:], strict=False)]
+
+    @staticmethod
+    def _l2(m):  # type: ignore[no-untyped-def]
+        import numpy as np
+        from scipy import sparse
+
+        norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+        norms[norms == 0] = 1
+        return sparse.diags(1 / norms) @ m
+
+    def top_k(self, text: str, k: int) -> list[int]:
+        import numpy as np
+        from scipy import sparse
+
+        cols = [self.vocab[t] for t in self._tokens(text) if t in self.vocab]
+        if not cols:
+            return list(range(min(k, self.matrix.shape[0])))
+        q = sparse.csr_matrix((np.ones(len(cols)), ([0] * len(cols), cols)), shape=(1, self.matrix.shape[1]))
+        q.sum_duplicates()
+        q.data = 1 + np.log(q.data)
+        q = self._l2(q.multiply(self.idf).tocsr())
+        sims = (self.matrix @ q.T).toarray().ravel()
+        k = min(k, len(sims))
+        idx = np.argpartition(-sims, k - 1)[:k]
+        return [int(i) for i in idx[np.lexsort((idx, -sims[idx]))]]
+
+
+class FewShot(Rung):
+    """k demonstrations from the train split, as earlier chat turns.
+
+    ``stratified`` uses one seeded demo set for every input, so the system prompt and demo block
+    form a shared prefix whose KV cache is computed once. ``nearest`` picks the k train examples
+    most similar to each input (TF-IDF cosine), most similar last (closest to the question).
+    """
+
+    name = "few_shot"
+    summary = "k demos from train (stratified or nearest-neighbour)"
+
+    def prepare(self, ctx: RungContext) -> Prepared:
+        spec = ctx.task.rungs.few_shot
+        system = base_system(ctx.task)
+        seed = ctx.task.data.seed
+        by_label = bool(ctx.task.labels)
+        if spec.strategy == "nearest":
+            train = list(ctx.train)
+            index = _Similarity([ex.input for ex in train])
+
+            def per_example(ex: Example) -> PromptTemplate:
+                nn = index.top_k(ex.input, spec.k)
+                return PromptTemplate(system, tuple((train[i].input, train[i].output) for i in reversed(nn)))
+
+            tpl = PromptTemplate(system)
+            art = {"kind": "prompt", "prompt": tpl.to_dict(), "strategy": "nearest", "k": spec.k, "demo_pool": len(train)}
+            return Prepared(tpl, per_example=per_example, artifact=art)
+        demos = stratified_demos(ctx.train, spec.k, seed, by_label)
+        tpl = PromptTemplate(system, tuple((d.input, d.output) for d in demos))
+        art = {"kind": "prompt", "prompt": tpl.to_dict(), "strategy": "stratified", "k": spec.k, "demo_sources": [d.source for d in demos]}
+        return Prepared(tpl, artifact=art)

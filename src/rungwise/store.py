@@ -1,0 +1,216 @@
+"""The run store: every climb, rung, prompt, completion and score, in SQLite.
+
+Lives at ``$RUNGWISE_HOME/runs.db``. Schema changes are numbered migrations applied in order
+(simonw/llm's ``logs.db`` habit), so an old store upgrades in place.
+
+Example:
+    >>> store = Store()  # doctest: +SKIP
+    >>> store.list_climbs()[:1]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rungwise import paths
+from rungwise.errors import RungwiseError
+
+MIGRATIONS: list[str] = [
+    # 1: climbs, rungs, predictions
+    """
+    CREATE TABLE climbs (
+        id INTEGER PRIMARY KEY,
+        task_name TEXT NOT NULL,
+        task_path TEXT,
+        config_hash TEXT NOT NULL,
+        config_json TEXT NOT NULL,
+        train_hash TEXT NOT NULL,
+        test_hash TEXT NOT NULL,
+        model_id TEXT NOT NULL,
+        n_train INTEGER NOT NULL,
+        n_test INTEGER NOT NULL,
+        leakage_exact INTEGER NOT NULL DEFAULT 0,
+        leakage_normalized INTEGER NOT NULL DEFAULT 0,
+        options_json TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'running',
+        result_json TEXT,
+        rungwise_version TEXT,
+        created_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE TABLE rungs (
+        id INTEGER PRIMARY KEY,
+        climb_id INTEGER NOT NULL REFERENCES climbs(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'running',
+        artifact_json TEXT NOT NULL DEFAULT '{}',
+        result_json TEXT,
+        gen_seconds REAL NOT NULL DEFAULT 0,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        UNIQUE (climb_id, name)
+    );
+    CREATE TABLE predictions (
+        id INTEGER PRIMARY KEY,
+        rung_id INTEGER NOT NULL REFERENCES rungs(id) ON DELETE CASCADE,
+        example_id TEXT NOT NULL,
+        example_index INTEGER NOT NULL,
+        source TEXT,
+        input TEXT NOT NULL,
+        expected TEXT NOT NULL,
+        prompt_json TEXT NOT NULL,
+        completion TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL DEFAULT 0,
+        latency_s REAL NOT NULL,
+        score REAL,
+        valid INTEGER,
+        parsed TEXT,
+        created_at TEXT NOT NULL,
+        UNIQUE (rung_id, example_id)
+    );
+    CREATE INDEX predictions_rung ON predictions(rung_id);
+    CREATE INDEX climbs_config ON climbs(config_hash);
+    """,
+]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+class Store:
+    """SQLite run store. One connection per instance; safe to reopen at any time."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else paths.home() / "runs.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise RungwiseError(f"{self.path}: cannot open the run store ({exc})", hint="set RUNGWISE_HOME to a writable directory") from None
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self._migrate()
+
+    # -- schema --------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = {r[0] for r in self.db.execute("SELECT version FROM schema_migrations")}
+        for version, sql in enumerate(MIGRATIONS, 1):
+            if version in done:
+                continue
+            with self.db:
+                self.db.execute("BEGIN")
+                for stmt in sql.split(";"):
+                    if stmt.strip():
+                        self.db.execute(stmt)
+                self.db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, _now()))
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- climbs --------------------------------------------------------------------------
+    def create_climb(self, **fields: Any) -> int:
+        fields.setdefault("created_at", _now())
+        cols = ", ".join(fields)
+        qs = ", ".join("?" for _ in fields)
+        cur = self.db.execute(f"INSERT INTO climbs ({cols}) VALUES ({qs})", tuple(fields.values()))
+        return int(cur.lastrowid or 0)
+
+    def climb(self, climb_id: int) -> sqlite3.Row:
+        row = self.db.execute("SELECT * FROM climbs WHERE id = ?", (climb_id,)).fetchone()
+        if row is None:
+            raise RungwiseError(f"no run {climb_id} in {self.path}", hint="see `rungwise runs list` for run ids")
+        return row
+
+    def latest_unfinished(self, config_hash: str) -> sqlite3.Row | None:
+        return self.db.execute(
+            "SELECT * FROM climbs WHERE config_hash = ? AND status != 'done' ORDER BY id DESC LIMIT 1", (config_hash,)
+        ).fetchone()
+
+    def finish_climb(self, climb_id: int, status: str, result: dict[str, Any] | None = None) -> None:
+        self.db.execute(
+            "UPDATE climbs SET status = ?, result_json = ?, finished_at = ? WHERE id = ?",
+            (status, json.dumps(result) if result is not None else None, _now(), climb_id),
+        )
+
+    def set_climb_status(self, climb_id: int, status: str) -> None:
+        self.db.execute("UPDATE climbs SET status = ? WHERE id = ?", (status, climb_id))
+
+    def list_climbs(self, limit: int = 50) -> list[sqlite3.Row]:
+        return list(self.db.execute("SELECT * FROM climbs ORDER BY id DESC LIMIT ?", (limit,)))
+
+    # -- rungs ---------------------------------------------------------------------------
+    def get_or_create_rung(self, climb_id: int, name: str, position: int) -> sqlite3.Row:
+        row = self.db.execute("SELECT * FROM rungs WHERE climb_id = ? AND name = ?", (climb_id, name)).fetchone()
+        if row is None:
+            self.db.execute(
+                "INSERT INTO rungs (climb_id, name, position, started_at) VALUES (?, ?, ?, ?)",
+                (climb_id, name, position, _now()),
+            )
+            row = self.db.execute("SELECT * FROM rungs WHERE climb_id = ? AND name = ?", (climb_id, name)).fetchone()
+        return row
+
+    def set_rung_artifact(self, rung_id: int, artifact: dict[str, Any]) -> None:
+        self.db.execute("UPDATE rungs SET artifact_json = ? WHERE id = ?", (json.dumps(artifact, default=str), rung_id))
+
+    def add_gen_seconds(self, rung_id: int, seconds: float) -> None:
+        self.db.execute("UPDATE rungs SET gen_seconds = gen_seconds + ? WHERE id = ?", (seconds, rung_id))
+
+    def finish_rung(self, rung_id: int, result: dict[str, Any]) -> None:
+        self.db.execute(
+            "UPDATE rungs SET status = 'done', result_json = ?, finished_at = ? WHERE id = ?",
+            (json.dumps(result, default=str), _now(), rung_id),
+        )
+
+    def rungs(self, climb_id: int) -> list[sqlite3.Row]:
+        return list(self.db.execute("SELECT * FROM rungs WHERE climb_id = ? ORDER BY position", (climb_id,)))
+
+    def rung(self, rung_id: int) -> sqlite3.Row:
+        return self.db.execute("SELECT * FROM rungs WHERE id = ?", (rung_id,)).fetchone()
+
+    # -- predictions ---------------------------------------------------------------------
+    def add_predictions(self, rung_id: int, rows: Iterable[dict[str, Any]]) -> None:
+        """Insert a chunk of predictions in one transaction (a crash loses at most one chunk)."""
+        now = _now()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO predictions (rung_id, example_id, example_index, source, input, expected, prompt_json,"
+                " completion, prompt_tokens, completion_tokens, cached_tokens, latency_s, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        rung_id, r["example_id"], r["example_index"], r.get("source"), r["input"], r["expected"],
+                        json.dumps(r["prompt"], ensure_ascii=False), r["completion"], r["prompt_tokens"],
+                        r["completion_tokens"], r.get("cached_tokens", 0), r["latency_s"], now,
+                    )
+                    for r in rows
+                ],
+            )
+
+    def predictions(self, rung_id: int) -> dict[str, sqlite3.Row]:
+        """Stored predictions of a rung, by example id."""
+        return {r["example_id"]: r for r in self.db.execute("SELECT * FROM predictions WHERE rung_id = ?", (rung_id,))}
+
+    def set_scores(self, rung_id: int, rows: Sequence[tuple[str, float, bool, str]]) -> None:
+        """(example_id, score, valid, parsed) for each scored prediction."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "UPDATE predictions SET score = ?, valid = ?, parsed = ? WHERE rung_id = ? AND example_id = ?",
+                [(s, int(v), p, rung_id, eid) for eid, s, v, p in rows],
+            )
