@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from rungwise import __version__
-from rungwise.backends import Backend, make_backend
+from rungwise.backends import Backend, check_model, make_backend
 from rungwise.data.dataset import data_hash, load_split
 from rungwise.errors import ConfigError, RungwiseError
 from rungwise.evaluate.metrics import ScoreSet, get_metric
@@ -119,6 +119,8 @@ def climb(
     metric = get_metric(task.metric, task.labels, task.base_dir)
     split = load_split(task)
     test: list[Example] = split.test[:limit] if limit else split.test
+    if backend is None:
+        check_model(task.model)
     if split.leakage.count:
         reporter.note(
             f"leakage: {split.leakage.count} test example(s) duplicated train inputs and were dropped "

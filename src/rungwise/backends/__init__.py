@@ -9,7 +9,15 @@ from rungwise.backends.base import Backend, ProgressFn
 if TYPE_CHECKING:
     from rungwise.task import ModelSpec
 
-__all__ = ["Backend", "ProgressFn", "make_backend"]
+__all__ = ["Backend", "ProgressFn", "check_model", "make_backend"]
+
+
+def check_model(spec: ModelSpec) -> None:
+    """Fail fast, before any work is stored, when the model cannot be found (cheap: no loading)."""
+    if spec.backend == "local":
+        from rungwise import models
+
+        models.resolve(spec.id, spec.gguf_file)
 
 
 def make_backend(spec: ModelSpec) -> Backend:

