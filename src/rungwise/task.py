@@ -69,7 +69,7 @@ class DataSpec(_Strict):
 
 class MetricSpec(_Strict):
     """The metric. ``name`` is one of: exact_match, accuracy, macro_f1, json_valid, json_schema,
-    json_fields, numeric, chrf, regex, or ``python:module:function`` for your own."""
+    json_fields, numeric, chrf, rouge_l, token_f1, regex, or ``python:module:function`` for your own."""
 
     name: str = Field("exact_match", description="Metric name (see above).")
     options: dict[str, Any] = Field(
