@@ -20,6 +20,7 @@ app = typer.Typer(
 # Modules that define commands on `app` (import order = order in --help).
 COMMAND_MODULES = [
     "rungwise.cli.core",
+    "rungwise.cli.serve",
 ]
 
 for _mod in COMMAND_MODULES:

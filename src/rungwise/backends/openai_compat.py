@@ -1,0 +1,408 @@
+"""The ``openai`` backend: any OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+Works with OpenAI itself, vLLM, llama.cpp's server, Ollama, LM Studio and ``rungwise serve``.
+
+* The API key is read from the environment variable the task names (``model.api_key_env``),
+  lives only in the HTTP client's headers, and is scrubbed from every error message: it is
+  never written to the run store, logs or exceptions.
+* ``concurrency`` requests are in flight at once (a thread pool over one pooled, thread-safe
+  ``httpx.Client``); results come back in prompt order.
+* 408/409/429/5xx, timeouts and connection failures are retried with exponential backoff and
+  jitter, honouring ``Retry-After`` / ``retry-after-ms``; 401/403/404 and other 4xx fail at once
+  with an error that says what to fix.
+
+Example:
+    >>> b = OpenAIBackend("http://127.0.0.1:8000/v1", "my-model")  # doctest: +SKIP
+    >>> b.generate([[{"role": "user", "content": "hi"}]], GenParams())[0].text  # doctest: +SKIP
+    'hello'
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from rungwise.backends.base import Backend, ProgressFn
+from rungwise.errors import BackendError, ConfigError
+from rungwise.types import Chat, Completion, GenParams
+
+if TYPE_CHECKING:
+    from rungwise.task import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# OpenAI rejects more than 4 stop sequences; the rest are applied client-side.
+MAX_API_STOPS = 4
+# Same set the official SDK retries: request timeout, lock conflict, rate limit, server errors.
+RETRY_STATUS = frozenset({408, 409, 429})
+# A server asking us to wait longer than this is treated as a failure, not a pause.
+MAX_RETRY_AFTER_S = 120.0
+# Key-shaped strings (OpenAI "sk-...", generic bearer tokens echoed back by a server).
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[A-Za-z0-9._~+/\-]{8,}=*)")
+
+
+class _Aborted(Exception):
+    """Another prompt of the same batch failed for good; stop working on this one."""
+
+
+def _public_url(url: str) -> str:
+    """``url`` without user:password, for messages and the model id."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _retry_after_s(headers: httpx.Headers) -> float | None:
+    """Seconds the server asks us to wait (``retry-after-ms``, or ``Retry-After`` as seconds or a date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _apply_stops(text: str, stops: Sequence[str]) -> str:
+    """Cut ``text`` at the earliest stop sequence (servers that ignore or cap ``stop`` still comply)."""
+    cut = len(text)
+    for s in stops:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+class OpenAIBackend(Backend):
+    """A backend that calls an OpenAI-compatible chat-completions endpoint over HTTP.
+
+    Args:
+        base_url: the API root, usually ending in ``/v1`` (``http://127.0.0.1:8000/v1``).
+        model: the served model name sent as ``model``.
+        api_key_env: name of the environment variable holding the API key; ``None`` sends no
+            ``Authorization`` header (local servers). Named but unset is an error.
+        concurrency: requests in flight at once.
+        timeout_s: per-request timeout (connect, read and write).
+        max_retries: retries after the first attempt, on 408/409/429/5xx, timeouts and
+            connection errors.
+        backoff_base_s, backoff_max_s: exponential backoff ``base * 2**attempt``, capped, with
+            "equal jitter" (half fixed, half random) so that parallel workers spread out.
+        rng: the jitter source (tests pass a seeded one).
+
+    Token counts come from the response's ``usage`` (``prompt_tokens_details.cached_tokens``
+    fills :attr:`Completion.cached_tokens`). Where a server sends no ``usage``, they are
+    estimated at 4 characters per token. ``count_tokens`` is always that estimate: there is
+    no tokenizer on this side of the wire. ``latency_s`` is the successful attempt's round trip
+    (backoff waits are not the model's latency).
+
+    Example:
+        >>> import os; os.environ["MY_KEY"] = "..."  # doctest: +SKIP
+        >>> b = OpenAIBackend("https://api.openai.com/v1", "gpt-4o-mini", api_key_env="MY_KEY")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = None,
+        concurrency: int = 4,
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not re.match(r"^https?://[^/\s]+", base_url or ""):
+            raise ConfigError(
+                f"model.base_url {base_url!r} is not an http(s) URL",
+                hint="write it like http://127.0.0.1:8000/v1 or https://api.openai.com/v1",
+            )
+        if not model:
+            raise ConfigError("model.id is empty", hint="set model.id to the served model name")
+        if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
+            raise ConfigError(
+                f"invalid openai backend limits (concurrency={concurrency}, max_retries={max_retries}, "
+                f"timeout_s={timeout_s})",
+                hint="use concurrency >= 1, max_retries >= 0, timeout_s > 0",
+            )
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._rng = rng or random.Random()
+        self._where = _public_url(self.base_url)
+        self.model_id = f"openai:{model}@{self._where}"
+        self._url = self.base_url + "/chat/completions"
+        # Newer OpenAI models reject max_tokens and want max_completion_tokens; we learn which
+        # one this endpoint takes from its first 400 and remember it.
+        self._max_tokens_field = "max_tokens"
+        self._warned_no_usage = False
+
+        headers = {"User-Agent": "rungwise"}
+        self._secret: str | None = None
+        if api_key_env:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise BackendError(
+                    f"model.api_key_env names the environment variable {api_key_env}, but it is not set",
+                    hint=f"export {api_key_env}=<your API key> before running (the key itself never goes in task.yaml)",
+                )
+            self._secret = key
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> OpenAIBackend:
+        """Build from a task's ``model`` section (``backend: openai``)."""
+        if not spec.base_url:
+            raise ConfigError(
+                "model.base_url is missing for backend 'openai'", hint="set model.base_url, e.g. http://127.0.0.1:8000/v1"
+            )
+        return cls(
+            spec.base_url,
+            spec.id,
+            api_key_env=spec.api_key_env,
+            concurrency=spec.concurrency,
+            timeout_s=spec.timeout_s,
+            max_retries=spec.max_retries,
+        )
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIBackend(base_url={self._where!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+
+    # -- public protocol -------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Chat], params: GenParams, progress: ProgressFn | None = None) -> list[Completion]:
+        """Answer every prompt, ``concurrency`` at a time; results are in prompt order.
+
+        The first prompt that fails for good (after retries) stops the batch: the others are
+        cancelled and its :class:`BackendError` is raised.
+        """
+        if not prompts:
+            return []
+        abort = threading.Event()
+        if self.concurrency == 1 or len(prompts) == 1:
+            out = []
+            for chat in prompts:
+                out.append(self._call(chat, params, abort))
+                if progress:
+                    progress(1)
+            return out
+        results: list[Completion | None] = [None] * len(prompts)
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)), thread_name_prefix="rungwise-openai")
+        try:
+            futures = {pool.submit(self._call, chat, params, abort): i for i, chat in enumerate(prompts)}
+            # Collect in completion order on this thread, so progress callbacks (rich bars) never
+            # run on worker threads.
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                if progress:
+                    progress(1)
+        except BaseException:
+            abort.set()  # workers stop before their next attempt or wake from a backoff sleep
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results  # type: ignore[return-value]
+
+    def count_tokens(self, text: str) -> int:
+        """An estimate (4 characters per token): the remote tokenizer is not available here."""
+        return max(1, round(len(text) / 4))
+
+    def close(self) -> None:
+        """Close the pooled HTTP connections."""
+        self._client.close()
+
+    # -- one request, with retries -----------------------------------------------------------
+
+    def _body(self, chat: Chat, params: GenParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in chat],
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            self._max_tokens_field: params.max_tokens,
+        }
+        stops = [s for s in params.stop if s]
+        if stops:
+            body["stop"] = stops[:MAX_API_STOPS]
+        if params.seed is not None:
+            body["seed"] = params.seed
+        return body
+
+    def _scrub(self, text: str) -> str:
+        """Remove the key (and anything key-shaped a server echoed back) from ``text``."""
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return _KEYLIKE.sub("***", text)
+
+    def _server_message(self, r: httpx.Response) -> tuple[str, str | None]:
+        """The server's error message and code (OpenAI's ``{"error": {...}}`` or FastAPI's ``detail``)."""
+        code = None
+        try:
+            data = r.json()
+        except ValueError:
+            msg = r.text.strip()
+        else:
+            err = data.get("error") if isinstance(data, dict) else None
+            if isinstance(err, dict):
+                msg = str(err.get("message") or err)
+                code = err.get("code") or err.get("type")
+                code = str(code) if code else None
+            elif isinstance(data, dict) and ("detail" in data or "message" in data):
+                msg = str(data.get("detail") or data.get("message"))
+            else:
+                msg = str(data)
+        msg = " ".join(msg.split())
+        return self._scrub(msg[:500] or r.reason_phrase), code
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            # The server's number plus a little jitter, so parallel workers don't return in lockstep.
+            return retry_after + self._rng.uniform(0, self.backoff_base_s)
+        cap = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
+        return cap / 2 + self._rng.uniform(0, cap / 2)
+
+    def _auth_error(self, status: int, msg: str) -> BackendError:
+        if self.api_key_env:
+            hint = (
+                f"check the key in the environment variable {self.api_key_env} "
+                f"(export {self.api_key_env}=<a valid key for {self._where}>)"
+            )
+        else:
+            hint = (
+                "this endpoint needs an API key: put it in an environment variable (export MY_API_KEY=...) "
+                "and set model.api_key_env: MY_API_KEY in task.yaml"
+            )
+        what = "rejected the API key" if status == 401 else "refused access"
+        return BackendError(f"{self._where} {what} (HTTP {status}): {msg}", hint=hint)
+
+    def _call(self, chat: Chat, params: GenParams, abort: threading.Event) -> Completion:
+        attempt = 0
+        last = ""
+        while True:
+            if abort.is_set():
+                raise _Aborted
+            body = self._body(chat, params)
+            retry_after: float | None = None
+            t0 = time.perf_counter()
+            try:
+                r = self._client.post(self._url, json=body)
+            except httpx.TimeoutException:
+                last = f"no answer within {self.timeout_s:g} s"
+            except httpx.TransportError as exc:
+                last = f"cannot reach the endpoint ({type(exc).__name__}: {self._scrub(str(exc))})"
+            else:
+                latency = time.perf_counter() - t0
+                if r.status_code == 200:
+                    return self._parse(r, chat, params, latency)
+                msg, code = self._server_message(r)
+                status = r.status_code
+                if status in (401, 403):
+                    raise self._auth_error(status, msg)
+                if status == 404:
+                    raise BackendError(
+                        f"{self._where}: not found (HTTP 404) for model {self.model!r}: {msg}",
+                        hint="check model.id against the server's model list (GET <base_url>/models) and that "
+                        "model.base_url includes the API prefix, usually /v1",
+                    )
+                if (
+                    status == 400
+                    and self._max_tokens_field == "max_tokens"
+                    and "max_completion_tokens" in msg
+                ):
+                    self._max_tokens_field = "max_completion_tokens"
+                    continue  # same attempt: the request was malformed, not the server busy
+                if status == 429 and code == "insufficient_quota":
+                    raise BackendError(
+                        f"{self._where}: quota exhausted (HTTP 429): {msg}",
+                        hint="add credit or raise the quota for this key; retrying will not help",
+                    )
+                if status not in RETRY_STATUS and status < 500:
+                    raise BackendError(
+                        f"{self._where} rejected the request (HTTP {status}): {msg}",
+                        hint="check model.params (temperature, top_p, max_tokens, stop) against what this server accepts",
+                    )
+                last = f"HTTP {status}: {msg}"
+                retry_after = _retry_after_s(r.headers)
+                if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
+                    raise BackendError(
+                        f"{self._where} asked to retry after {retry_after:.0f} s ({last})",
+                        hint="the endpoint is rate-limited for a long time; lower model.concurrency or try later",
+                    )
+            if attempt >= self.max_retries:
+                raise BackendError(
+                    f"{self._where}: {last} (gave up after {attempt + 1} attempt{'s' if attempt else ''})",
+                    hint="check that the server is running at model.base_url; for slow or busy servers raise "
+                    "model.timeout_s or model.max_retries, or lower model.concurrency",
+                )
+            delay = self._delay(attempt, retry_after)
+            log.info("openai backend: %s; retrying in %.2f s (attempt %d of %d)", last, delay, attempt + 2, self.max_retries + 1)
+            attempt += 1
+            if abort.wait(delay):
+                raise _Aborted
+
+    def _parse(self, r: httpx.Response, chat: Chat, params: GenParams, latency: float) -> Completion:
+        try:
+            data = r.json()
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise BackendError(
+                f"{self._where}: the answer is not an OpenAI chat completion: {self._scrub(r.text[:200])!r}",
+                hint="point model.base_url at an OpenAI-compatible API root (it usually ends in /v1)",
+            ) from None
+        text = _apply_stops(str(text), params.stop)
+        usage = data.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+        if prompt_tokens is None or completion_tokens is None:
+            if not self._warned_no_usage:
+                self._warned_no_usage = True
+                log.warning("%s returns no token usage; token counts are estimates (4 characters per token)", self._where)
+            prompt_tokens = sum(self.count_tokens(m["content"]) for m in chat)
+            completion_tokens = self.count_tokens(text) if text else 0
+        details = usage.get("prompt_tokens_details") or {}
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        return Completion(
+            text=text,
+            prompt_tokens=int(prompt_tokens),
+            completion_tokens=int(completion_tokens),
+            latency_s=latency,
+            cached_tokens=int(cached or 0),
+            finish_reason=str(choice.get("finish_reason") or "stop"),
+        )

@@ -1,0 +1,659 @@
+"""``rungwise serve``: a model with a rung's prompt behind an OpenAI-compatible HTTP API.
+
+This is the production hand-off of a prompt rung: the system prompt and demos measured by
+``rungwise climb`` are prepended to every incoming conversation, so any OpenAI client (the
+official SDKs, LangChain, curl) gets the rung's behaviour by pointing ``base_url`` at it.
+
+Endpoints: ``POST /v1/chat/completions`` (non-streaming, or ``stream: true`` as one SSE chunk +
+``[DONE]``), ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``.
+
+Requests reach the backend through a :class:`MicroBatcher`: one worker thread owns the backend
+(the local transformers backend is not thread-safe) and groups requests that arrive together
+into one ``generate`` call, which is where a batched local backend gets its throughput.
+
+Example:
+    >>> from rungwise.backends.scripted import ScriptedBackend
+    >>> from rungwise.prompting import PromptTemplate
+    >>> app = create_app(ScriptedBackend(["billing"]), PromptTemplate("Route the ticket."), "tickets")
+    >>> with background(app) as url:  # doctest: +SKIP
+    ...     httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+"""
+
+# No `from __future__ import annotations` here: FastAPI resolves endpoint annotations at
+# runtime, and the FastAPI names are imported inside create_app (it is an optional extra).
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import queue
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rungwise._deps import require
+from rungwise.backends.base import Backend
+from rungwise.errors import BackendError, ConfigError, RungwiseError, Unsupported
+from rungwise.prompting import PromptTemplate, system_prompt
+from rungwise.types import Chat, Completion, GenParams
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from rungwise.task import ModelSpec, Task
+
+log = logging.getLogger(__name__)
+
+#: A fixed prompt, or a function choosing one per conversation (e.g. nearest-neighbour demos).
+TemplateLike = PromptTemplate | Callable[[Chat], PromptTemplate]
+
+PROMPT_RUNGS = ("zero_shot", "few_shot")
+
+
+# -- request schema (the subset of OpenAI's that a text chat model can honour) ---------------
+
+
+class _ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessageIn(BaseModel):
+    """One incoming message. ``developer`` (OpenAI's newer name for system) is read as system."""
+
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[_ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for p in self.content:
+            if p.type != "text" or p.text is None:
+                raise ValueError(f"content part of type {p.type!r} is not supported: this server takes text only")
+            parts.append(p.text)
+        return "".join(parts)
+
+
+class ChatCompletionRequest(BaseModel):
+    """The body of ``POST /v1/chat/completions``. Unknown OpenAI fields are ignored, as OpenAI's
+    own clients send many (``user``, ``frequency_penalty`` ...) that do not change a greedy answer."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+    def chat(self) -> Chat:
+        msgs: Chat = []
+        for m in self.messages:
+            role = "system" if m.role == "developer" else m.role
+            msgs.append({"role": role, "content": m.text()})
+        return msgs
+
+    def params(self, defaults: GenParams) -> GenParams:
+        """The request's generation parameters over the served task's defaults (what was measured)."""
+        p = defaults
+        if self.temperature is not None:
+            p = replace(p, temperature=self.temperature)
+        if self.top_p is not None:
+            p = replace(p, top_p=self.top_p)
+        max_tokens = self.max_completion_tokens or self.max_tokens
+        if max_tokens is not None:
+            p = replace(p, max_tokens=max_tokens)
+        if self.stop is not None:
+            p = replace(p, stop=(self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
+        if self.seed is not None:
+            p = replace(p, seed=self.seed)
+        return p
+
+
+# -- the micro-batcher -----------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    chat: Chat
+    params: GenParams
+    future: "Future[Completion]"
+
+
+class MicroBatcher:
+    """Owns a backend on one worker thread and batches concurrent requests.
+
+    Requests waiting in the queue when the worker becomes free (plus those arriving within
+    ``window_s``) are answered by one ``generate`` call per distinct :class:`GenParams`, up to
+    ``max_batch`` prompts. The backend is never entered from two threads at once. If a batched
+    call fails, its prompts are retried one by one, so one bad request cannot fail its neighbours.
+
+    Example:
+        >>> from rungwise.backends.scripted import ScriptedBackend
+        >>> mb = MicroBatcher(ScriptedBackend(["ok"]))
+        >>> mb.submit([{"role": "user", "content": "hi"}], GenParams()).result().text
+        'ok'
+        >>> mb.close()
+    """
+
+    def __init__(self, backend: Backend, *, max_batch: int = 8, window_s: float = 0.005) -> None:
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}", hint="use --max-batch 1 or more")
+        self.backend = backend
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self.requests = 0
+        self.batches = 0
+        self.largest_batch = 0
+        self._q: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, chat: Chat, params: GenParams) -> "Future[Completion]":
+        """Queue one prompt; the future resolves to its :class:`Completion` (or the backend's error)."""
+        with self._lock:
+            if self._closed:
+                raise BackendError("the server is shutting down", hint="retry against a running server")
+            if self._thread is None:  # started lazily: works with or without ASGI lifespan events
+                self._thread = threading.Thread(target=self._loop, name="rungwise-batcher", daemon=True)
+                self._thread.start()
+        fut: Future[Completion] = Future()
+        self._q.put(_Job(chat, params, fut))
+        return fut
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Finish the queued work and stop the worker."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._q.put(None)
+            thread.join(timeout_s)
+
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        jobs, stop = [first], False
+        deadline = time.monotonic() + self.window_s
+        while len(jobs) < self.max_batch:
+            try:
+                remaining = deadline - time.monotonic()
+                job = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                stop = True
+                break
+            jobs.append(job)
+        return jobs, stop
+
+    def _run(self, jobs: Sequence[_Job], params: GenParams) -> None:
+        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            outs = self.backend.generate([j.chat for j in live], params)
+            if len(outs) != len(live):
+                raise BackendError(f"backend returned {len(outs)} completions for {len(live)} prompts")
+        except BaseException as exc:  # every error goes back to its request
+            if len(live) == 1:
+                live[0].future.set_exception(exc)
+                return
+            for j in live:  # isolate the culprit
+                try:
+                    j.future.set_result(self.backend.generate([j.chat], params)[0])
+                except BaseException as one:
+                    j.future.set_exception(one)
+            return
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(live))
+        for j, out in zip(live, outs, strict=True):
+            j.future.set_result(out)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._q.get()
+            if first is None:
+                return
+            jobs, stop = self._collect(first)
+            self.requests += len(jobs)
+            groups: dict[GenParams, list[_Job]] = {}
+            for j in jobs:
+                groups.setdefault(j.params, []).append(j)
+            for params, group in groups.items():
+                self._run(group, params)
+            if stop:
+                return
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status
+    )
+
+
+def _usage(c: Completion) -> dict[str, Any]:
+    return {
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.prompt_tokens + c.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": c.cached_tokens},
+    }
+
+
+def create_app(
+    backend: Backend,
+    template: TemplateLike,
+    model_name: str,
+    *,
+    default_params: GenParams | None = None,
+    adapter: str | Path | None = None,
+    api_key: str | None = None,
+    max_batch: int = 8,
+    batch_window_s: float = 0.005,
+) -> "FastAPI":
+    """An OpenAI-compatible app serving ``backend`` with ``template`` prepended to every chat.
+
+    Args:
+        backend: answers the prompts; only the app's batcher thread ever calls it.
+        template: the rung's prompt (system prompt + demos), rendered with
+            :meth:`PromptTemplate.render` (a client's own system message replaces the rung's,
+            as it does for chat-format data), or a function choosing one per conversation.
+        model_name: the name clients send as ``model``; any other name gets a 404.
+        default_params: generation parameters where the request gives none (the task's
+            ``model.params``, so the served rung answers as it was measured).
+        adapter: the LoRA adapter the backend was loaded with, reported in ``/v1/models`` and
+            ``/health``. Loading it is the backend's job (see :func:`load_backend`).
+        api_key: if set, ``/v1/*`` requires ``Authorization: Bearer <api_key>``.
+        max_batch, batch_window_s: the micro-batcher's limits.
+
+    Example:
+        >>> from rungwise.backends.scripted import ScriptedBackend
+        >>> app = create_app(ScriptedBackend(["4"]), PromptTemplate("Be brief.", (("2+2?", "4"),)), "math")
+        >>> sorted(r.path for r in app.routes if r.path.startswith("/v1"))
+        ['/v1/chat/completions', '/v1/models', '/v1/models/{model_id:path}']
+    """
+    fastapi = require("fastapi")
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    defaults = default_params or GenParams()
+    batcher = MicroBatcher(backend, max_batch=max_batch, window_s=batch_window_s)
+    created = int(time.time())
+    adapter_str = str(adapter) if adapter is not None else None
+    tpl_desc = template.to_dict() if isinstance(template, PromptTemplate) else getattr(template, "__name__", "dynamic")
+    # Identifies model + prompt + adapter: a client can tell when the served rung changed.
+    fingerprint = "rw_" + hashlib.sha256(
+        json.dumps([backend.model_id, tpl_desc, adapter_str], sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        yield
+        await asyncio.to_thread(batcher.close)
+
+    app = fastapi.FastAPI(
+        title="rungwise serve", description=f"OpenAI-compatible endpoint for {model_name}", lifespan=lifespan
+    )
+    app.state.backend = backend
+    app.state.batcher = batcher
+    app.state.template = template
+    app.state.model_name = model_name
+    app.state.requires_key = api_key is not None
+
+    def unauthorized(request: Any) -> Any:
+        if api_key is None:
+            return None
+        got = request.headers.get("authorization", "")
+        token = got[7:] if got.lower().startswith("bearer ") else ""
+        if hmac.compare_digest(token.encode(), api_key.encode()):
+            return None
+        return _error(401, "Incorrect or missing API key (send Authorization: Bearer <key>).", code="invalid_api_key")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Any, exc: RequestValidationError) -> Any:
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
+        param = ".".join(str(x) for x in err.get("loc", ()))
+        return _error(400, f"{param}: {err.get('msg')}", param=param or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Any, exc: StarletteHTTPException) -> Any:
+        return _error(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+
+    def model_card() -> dict[str, Any]:
+        card: dict[str, Any] = {"id": model_name, "object": "model", "created": created, "owned_by": "rungwise"}
+        if adapter_str:
+            card["adapter"] = adapter_str
+        return card
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": model_name,
+            "backend": backend.model_id,
+            "adapter": adapter_str,
+            "demos": len(template.demos) if isinstance(template, PromptTemplate) else None,
+            "system_fingerprint": fingerprint,
+            "requests": batcher.requests,
+            "batches": batcher.batches,
+            "largest_batch": batcher.largest_batch,
+        }
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Any:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request) -> Any:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        if model_id != model_name:
+            return _error(404, f"The model `{model_id}` does not exist; this server serves `{model_name}`.",
+                          param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            raw = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "the request body is not valid JSON")
+        try:
+            req = ChatCompletionRequest.model_validate(raw)
+            chat = req.chat()
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            param = ".".join(str(x) for x in err["loc"])
+            return _error(400, f"{param}: {err['msg']}" if param else err["msg"], param=param or None)
+        except ValueError as exc:
+            return _error(400, str(exc), param="messages")
+        if req.model and req.model != model_name:
+            return _error(404, f"The model `{req.model}` does not exist; this server serves `{model_name}`.",
+                          param="model", code="model_not_found")
+        tpl = template if isinstance(template, PromptTemplate) else template(chat)
+        try:
+            c = await asyncio.wrap_future(batcher.submit(tpl.render(chat), req.params(defaults)))
+        except Unsupported as exc:
+            return _error(400, str(exc))
+        except RungwiseError as exc:
+            return _error(500, str(exc), type_="server_error")
+        except Exception:
+            log.exception("generation failed")
+            return _error(500, "the model failed to answer; see the server log", type_="server_error")
+        finish = c.finish_reason if c.finish_reason in ("stop", "length") else "stop"
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "created": int(time.time()),
+            "model": model_name,
+            "system_fingerprint": fingerprint,
+        }
+        if not req.stream:
+            return {
+                **head,
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                             "finish_reason": finish, "logprobs": None}],
+                "usage": _usage(c),
+            }
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+
+        def events() -> Iterator[str]:
+            # The whole answer is ready, so it goes out as one chunk; that is still the stream
+            # protocol official clients parse (deltas, finish_reason, optional usage, [DONE]).
+            chunk: dict[str, Any] = {**head, "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": c.text}, "finish_reason": finish,
+                 "logprobs": None}]}
+            if include_usage:
+                chunk["usage"] = None
+            yield f"data: {json.dumps(chunk)}\n\n"
+            if include_usage:
+                yield f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [], 'usage': _usage(c)})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+# -- running it ------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a public interface, so assume exposure
+
+
+def exposure_warning(host: str, port: int, *, requires_key: bool) -> str | None:
+    """The warning to print before binding ``host``, or None for loopback."""
+    if is_loopback(host):
+        return None
+    msg = (
+        f"WARNING: rungwise serve is listening on {host}:{port}, reachable from other machines. "
+        "Everything sent to it reaches the model"
+    )
+    if requires_key:
+        msg += "; clients need the API key (--auth-key-env), and traffic is plain HTTP (put TLS in front)."
+    else:
+        msg += " and anyone who can reach it can use it: there is NO authentication (add --auth-key-env NAME)."
+    return msg + " Use --host 127.0.0.1 unless you mean it."
+
+
+def banner(app: "FastAPI", host: str, port: int) -> str:
+    """What ``run`` prints on start: where it listens, what it serves, and a request to try."""
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    st = app.state
+    demos = len(st.template.demos) if isinstance(st.template, PromptTemplate) else "per-request"
+    body = json.dumps({"model": st.model_name, "messages": [{"role": "user", "content": "hello"}]})
+    auth = " -H 'Authorization: Bearer $KEY'" if st.requires_key else ""
+    return (
+        f"serving {st.model_name!r} ({st.backend.model_id}, {demos} demos) at {url}/v1\n"
+        f"  try: curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so a busy port is a clear error, not a uvicorn exit."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, socket.gaierror) as exc:
+        raise ConfigError(f"cannot use host {host!r}: {exc}", hint="pass --host 127.0.0.1 or an address of this machine") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                          hint="pick a free port with --port (or stop the process using it)") from None
+    return sock
+
+
+def _server(app: "FastAPI", host: str, port: int, log_level: str) -> Any:
+    uvicorn = require("uvicorn")
+    # log_config=None leaves the caller's logging setup alone (tests capture logs).
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                            log_config=None, timeout_graceful_shutdown=5)
+    return uvicorn.Server(config)
+
+
+def run(app: "FastAPI", host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
+    """Serve ``app`` with uvicorn until Ctrl-C. Binding a non-loopback host prints a loud warning.
+
+    Example:
+        >>> run(create_app(backend, template, "tickets"), port=8000)  # doctest: +SKIP
+    """
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
+    warning = exposure_warning(host, port, requires_key=getattr(app.state, "requires_key", False))
+    if warning:
+        log.warning(warning)
+        print(f"\n\033[1;31m{warning}\033[0m\n", file=sys.stderr, flush=True)
+    print(banner(app, host, port), file=sys.stderr, flush=True)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _server(app, host, port, log_level).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def background(app: "FastAPI", host: str = "127.0.0.1", port: int = 0, *, startup_timeout_s: float = 15.0) -> Iterator[str]:
+    """Run ``app`` on a background thread; yields its base URL (``http://127.0.0.1:PORT``).
+
+    Port 0 picks a free port. On exit the server shuts down (uvicorn's ``should_exit``).
+    Used by tests and notebooks that need a real server in-process.
+
+    Example:
+        >>> with background(app) as url:  # doctest: +SKIP
+        ...     OpenAIBackend(url + "/v1", "tickets").generate(...)
+    """
+    sock = _bind(host, port)
+    actual = sock.getsockname()[1]
+    server = _server(app, host, actual, "warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="rungwise-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise BackendError(f"the server on {host}:{actual} did not start", hint="see the log above")
+        time.sleep(0.01)
+    try:
+        yield f"http://[{host}]:{actual}" if ":" in host else f"http://{host}:{actual}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+# -- from a task -----------------------------------------------------------------------------
+
+
+def prompt_for(task: "Task", rung: str = "zero_shot", run_id: int | str | None = None) -> PromptTemplate:
+    """The prompt a rung serves: the rungs module's stored/built artifact where it provides one
+    (``rungwise.rungs.prompt_for``), else the zero-shot prompt built from the task."""
+    try:
+        from rungwise.rungs import prompt_for as rungs_prompt_for  # type: ignore[attr-defined]
+    except ImportError:
+        rungs_prompt_for = None
+    if rungs_prompt_for is not None:
+        return rungs_prompt_for(task, rung, run_id)
+    if rung not in PROMPT_RUNGS:
+        raise ConfigError(f"unknown or unservable rung {rung!r}", hint=f"use --rung {' or --rung '.join(PROMPT_RUNGS)}")
+    if rung != "zero_shot" or run_id is not None:
+        raise Unsupported(
+            f"serving rung {rung!r}{f' of run {run_id}' if run_id is not None else ''} needs the stored rung "
+            "artifacts (rungwise.rungs.prompt_for), which this version lacks",
+            hint="serve --rung zero_shot without --run",
+        )
+    return PromptTemplate(system_prompt(task.instructions, task.labels))
+
+
+def load_backend(spec: "ModelSpec", adapter: str | Path | None = None) -> Backend:
+    """The backend to serve: the task's model, optionally with a LoRA adapter applied.
+
+    ``adapter`` is the extension point for the fine-tune rung: load ``spec``'s base model with
+    the adapter (e.g. ``LocalBackend.from_spec(spec, adapter=...)``) and return it; create_app
+    and the CLI already pass the path through and report it.
+    """
+    if adapter is not None:
+        raise Unsupported(
+            f"serving a LoRA adapter ({adapter}) is not implemented yet",
+            hint="serve merged weights instead: pass the merged model directory with --model DIR",
+        )
+    from rungwise.backends import make_backend
+
+    try:
+        return make_backend(spec)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("rungwise."):
+            raise BackendError(
+                f"the {spec.backend!r} backend is not available in this install ({exc.name} is missing)",
+                hint="use model.backend: openai (any OpenAI-compatible server) or upgrade rungwise",
+            ) from None
+        raise
+
+
+def served_name(task: "Task", rung: str) -> str:
+    """Default model name clients send: ``<task name>-<rung>`` with unsafe characters replaced."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{task.name}-{rung}").strip("-") or rung
+
+
+def app_for_task(
+    task: "Task",
+    rung: str = "zero_shot",
+    run_id: int | str | None = None,
+    *,
+    model_id: str | None = None,
+    name: str | None = None,
+    adapter: str | Path | None = None,
+    api_key: str | None = None,
+    max_batch: int = 8,
+) -> "FastAPI":
+    """Everything ``rungwise serve`` does before listening: prompt, backend, app.
+
+    ``model_id`` overrides ``task.model.id``. The caller owns ``app.state.backend`` (close it).
+
+    Example:
+        >>> from rungwise.task import load_task
+        >>> app = app_for_task(load_task("task.yaml"), "zero_shot")  # doctest: +SKIP
+    """
+    template = prompt_for(task, rung, run_id)
+    spec = task.model.model_copy(update={"id": model_id}) if model_id else task.model
+    backend = load_backend(spec, adapter)
+    return create_app(
+        backend,
+        template,
+        name or served_name(task, rung),
+        default_params=task.model.params.to_params(),
+        adapter=adapter,
+        api_key=api_key,
+        max_batch=max_batch,
+    )
