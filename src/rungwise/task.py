@@ -17,7 +17,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rungwise.economics.factors import DecisionFactors
+from rungwise.economics.spec import EconomicsSpec
 from rungwise.errors import ConfigError
+from rungwise.train.config import FinetuneSpec
 from rungwise.types import GenParams
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -180,6 +183,11 @@ class RungsSpec(_Strict):
 
     order: list[str] = Field(default_factory=lambda: ["zero_shot", "few_shot"], description="Rungs in climbing order.")
     few_shot: FewShotSpec = Field(default_factory=FewShotSpec)
+    finetune: FinetuneSpec = Field(
+        default_factory=FinetuneSpec,
+        description="The finetune rung: method (lora/full/qlora), adapter shape, optimisation, validation and "
+        "the forgetting check (see rungwise.train.config).",
+    )
 
 
 class Task(_Strict):
@@ -194,6 +202,16 @@ class Task(_Strict):
     target: str | None = Field(None, description="Goal, e.g. 'accuracy >= 0.9'. The climb stops at the first rung meeting it.")
     model: ModelSpec = Field(default_factory=ModelSpec)
     rungs: RungsSpec = Field(default_factory=RungsSpec)
+    economics: EconomicsSpec = Field(
+        default_factory=EconomicsSpec,
+        description="How to price the rungs: daily volume, hosted price model, self-hosting GPU, labeling and "
+        "retraining costs, your own prices (see `rungwise prices`).",
+    )
+    factors: DecisionFactors = Field(
+        default_factory=DecisionFactors,
+        description="Decision factors besides the score (volume, clean examples, update frequency, latency, audit "
+        "exposure, ...); `rungwise decide` asks for the missing ones.",
+    )
 
     # Set by load_task; not part of the YAML.
     base_dir: Path = Field(default=Path("."), exclude=True)
