@@ -21,6 +21,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "rungwise.cli.core",
     "rungwise.cli.serve",
+    "rungwise.cli.economics",
 ]
 
 for _mod in COMMAND_MODULES:

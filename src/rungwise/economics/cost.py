@@ -288,6 +288,24 @@ def daily_volume_of(task: Any) -> tuple[int, bool]:
     return (int(v), True) if v is not None else (DEFAULT_DAILY_VOLUME, False)
 
 
+def with_overrides(task: Any, daily_volume: int | None = None, price_model: str | None = None) -> Any:
+    """A copy of ``task`` priced at another volume or model (what-if runs; the file is untouched).
+
+    Both spellings of the volume (economics and factors) are kept equal.
+    """
+    upd: dict[str, Any] = {}
+    if daily_volume is not None:
+        upd["daily_volume"] = daily_volume
+    if price_model is not None:
+        upd["price_model"] = price_model
+    if not upd:
+        return task
+    new = task.model_copy(update={"economics": task.economics.model_copy(update=upd)})
+    if daily_volume is not None and task.factors.daily_volume is not None:
+        new = new.model_copy(update={"factors": task.factors.model_copy(update={"daily_volume": daily_volume})})
+    return new
+
+
 def retrain_days_of(task: Any) -> int | None:
     """Days between retrainings: economics.retrain_every_days, else from factors.update_frequency."""
     econ: EconomicsSpec = getattr(task, "economics", None) or EconomicsSpec()

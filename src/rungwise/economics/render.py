@@ -97,31 +97,43 @@ def print_economics(console: Console, costs: Sequence[RungCost], verdict: Verdic
         console.print(verdict_panel(verdict))
 
 
-def prices_tables(cat: Catalog) -> tuple[Table, Table]:
-    """The catalog: hosted model prices and GPU-hour ranges, each with source and date."""
-    m = Table(title=f"hosted models, $ per 1M tokens (catalog {cat.date}; check sources before relying on a figure)",
-              title_justify="left")
+def _host(url: str) -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(url).netloc.removeprefix("www.") or url
+
+
+def prices_tables(cat: Catalog) -> tuple[Table, Table, list[str]]:
+    """The catalog: hosted model prices, GPU-hour ranges, and one line per source with its date."""
+    m = Table(title=f"hosted models, $ per 1M tokens (catalog {cat.date})", title_justify="left")
     for col, just in [("model", "left"), ("input", "right"), ("cached", "right"), ("output", "right"),
-                      ("fine-tune train", "right"), ("fine-tuned in/out", "right"), ("date", "left"),
-                      ("source", "left")]:
-        m.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+                      ("FT train", "right"), ("FT in/out", "right"), ("date", "left"), ("source", "left")]:
+        m.add_column(col, justify=just, no_wrap=col in ("model", "date"))  # type: ignore[arg-type]
     for k, p in sorted(cat.models.items()):
         ft = p.finetune
         m.add_row(
             k, f"{p.input_per_1m:g}", "—" if p.cached_input_per_1m is None else f"{p.cached_input_per_1m:g}",
             f"{p.output_per_1m:g}", f"{ft.training_per_1m:g}" if ft else "—",
-            f"{ft.input_per_1m:g} / {ft.output_per_1m:g}" if ft and ft.input_per_1m is not None and ft.output_per_1m
+            f"{ft.input_per_1m:g}/{ft.output_per_1m:g}" if ft and ft.input_per_1m is not None and ft.output_per_1m
             is not None else "—",
-            p.date, p.source,
+            p.date, _host(p.source),
         )
-    g = Table(title="GPUs: dense BF16 peak and $ per GPU-hour (on-demand list prices)", title_justify="left")
-    for col, just in [("gpu", "left"), ("TFLOP/s", "right"), ("GB", "right"), ("$/GPU-h", "right"),
-                      ("offers (provider instance $/GPU-h, date)", "left")]:
-        g.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    g = Table(title="GPUs: dense BF16 peak and on-demand $ per GPU-hour", title_justify="left")
+    for col, just in [("gpu", "left"), ("TFLOP/s", "right"), ("GB", "right"), ("$/GPU-hour", "right"),
+                      ("offers", "left")]:
+        g.add_column(col, justify=just, no_wrap=col == "gpu")  # type: ignore[arg-type]
+    lines: list[str] = []
+    for k, p in sorted(cat.models.items()):
+        lines.append(f"{k}: {p.source} ({p.date})" + (f"; {p.note}" if p.note else ""))
     for k, gpu in sorted(cat.gpus.items()):
         lo, hi = gpu.price_range
-        offers = "; ".join(f"{o.provider} {o.instance} ${o.per_gpu_hour:.2f} ({o.date})" for o in gpu.offers)
         g.add_row(k, f"{gpu.peak_bf16_tflops:g}" if gpu.peak_bf16_tflops else "?",
                   f"{gpu.memory_gb:g}" if gpu.memory_gb else "?", f"{lo:.2f}-{hi:.2f}" if hi > lo else f"{lo:.2f}",
-                  offers)
-    return m, g
+                  ", ".join(f"{o.provider} {o.per_gpu_hour:.2f}" for o in gpu.offers))
+        if gpu.spec_source:
+            lines.append(f"{k} datasheet: {gpu.spec_source}")
+        for o in gpu.offers:
+            lines.append(f"{k}: {o.provider} {o.instance} ({o.gpus} GPU{'s' if o.gpus > 1 else ''}) "
+                         f"${o.usd_per_hour:g}/h = ${o.per_gpu_hour:.2f}/GPU-hour; {o.source} ({o.date})"
+                         + (f"; {o.note}" if o.note else ""))
+    return m, g, lines

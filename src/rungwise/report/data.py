@@ -45,6 +45,7 @@ from rungwise.economics.cost import (
     daily_volume_of,
     price_rungs,
     rung_kind,
+    with_overrides,
 )
 from rungwise.errors import RungwiseError
 from rungwise.types import ClimbResult, Example
@@ -126,11 +127,13 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
 
-def report_data_from_store(run_id: int | str, *, task: Any = None, store: Any = None) -> dict[str, Any]:
+def report_data_from_store(
+    run_id: int | str, *, task: Any = None, store: Any = None, daily_volume: int | None = None
+) -> dict[str, Any]:
     """Build the report dict for a stored run (``run_id`` an id or ``"latest"``).
 
     The task config saved with the run is used for pricing and the verdict unless ``task`` (e.g.
-    the current task.yaml, with new volume or prices) is given.
+    the current task.yaml, with new volume or prices) is given; ``daily_volume`` overrides its volume.
     """
     from rungwise.climb import load_climb
     from rungwise.store import Store
@@ -154,6 +157,7 @@ def report_data_from_store(run_id: int | str, *, task: Any = None, store: Any = 
     if task is None:
         cfg = json.loads(row["config_json"])
         task = task_from_dict(cfg, source=f"run {run_id} config")
+    task = with_overrides(task, daily_volume)
     # The test examples and each rung's predictions, in example order.
     per_rung = {}
     for rr in st.rungs(run_id):

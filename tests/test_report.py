@@ -1,0 +1,124 @@
+"""The report files, built from a real climb in the run store (scripted backend)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import write_task
+from rungwise.backends.scripted import ScriptedBackend
+from rungwise.climb import climb
+from rungwise.errors import RungwiseError
+from rungwise.report import write_report
+from rungwise.report.data import report_data, report_data_from_store
+from rungwise.report.svg import bar_chart, line_chart, nice_ticks, score_chart
+from rungwise.task import load_task
+from rungwise.types import Chat
+
+
+def oracle(chat: Chat) -> str:
+    """Right with demos in the prompt (few-shot); 'billing' (or markup, to test escaping) without."""
+    text = chat[-1]["content"]
+    if not any(m["role"] == "assistant" for m in chat):
+        return "<b>billing</b>" if "number 3" in text else "billing"
+    return "billing" if "invoice" in text else "bug" if "crash" in text else "account"
+
+
+@pytest.fixture
+def stored_run(tmp_path: Path) -> tuple[int, Path]:
+    p = write_task(tmp_path, target="accuracy >= 0.9",
+                   economics={"daily_volume": 20_000, "self_host_usd_per_hour": 0.5},
+                   factors={"clean_examples": 120, "update_frequency": "weekly"})
+    res = climb(load_task(p), backend=ScriptedBackend(oracle), all_rungs=True)
+    return res.run_id, p
+
+
+def test_report_data_from_the_store(stored_run: tuple[int, Path]) -> None:
+    run_id, _ = stored_run
+    data = report_data_from_store(run_id)
+    assert data["generator"] == "rungwise" and data["run_id"] == run_id and data["task"] == "t"
+    assert [r["name"] for r in data["rungs"]] == ["zero_shot", "few_shot"]
+    assert data["rungs"][1]["metric"]["value"] == 1.0 and data["rungs"][1]["comparison"]["significant"]
+    n = data["n_test"]
+    assert len(data["examples"]) == n and all(set(e["rungs"]) == {"zero_shot", "few_shot"} for e in data["examples"])
+    wrong = [e for e in data["examples"] if e["rungs"]["zero_shot"]["score"] < 1]
+    assert len(wrong) == round(n * (1 - data["rungs"][0]["metric"]["value"]))
+    assert data["rungs"][0]["cost"]["hosted"]["per_1k_usd"] > 0
+    assert data["rungs"][0]["cost"]["self_hosted"]["replicas"] == 1
+    assert data["economics"]["daily_volume"] == 20_000 and data["economics"]["curves"]["series"]
+    v = data["verdict"]
+    assert v["recommended"] == "few_shot" and "zero_shot" in v["gap"]
+    json.dumps(data)  # JSON-able
+    # A what-if volume re-prices without touching the run.
+    assert report_data_from_store("latest", daily_volume=5)["economics"]["daily_volume"] == 5
+    with pytest.raises(RungwiseError, match="not a number"):
+        report_data_from_store("yesterday")
+
+
+def test_write_report_files(stored_run: tuple[int, Path], tmp_path: Path) -> None:
+    run_id, _ = stored_run
+    data = report_data_from_store(run_id)
+    out = tmp_path / "rep"
+    paths = write_report(data, out)
+    assert set(paths) == {"html", "markdown", "json"} and all(p.exists() for p in paths.values())
+    page = paths["html"].read_text()
+    # Self-contained: no external scripts, styles or images.
+    assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page)
+    assert page.count("<svg") == 5  # score, tokens, cost per 1k, monthly vs volume, latency
+    assert "Recommended: few_shot" in page
+    # Model output is escaped, never injected.
+    assert "<b>billing</b>" not in page and "&lt;b&gt;billing&lt;/b&gt;" in page
+    assert page.count("<tr data-fail=") == data["n_test"]
+    md = paths["markdown"].read_text()
+    assert "| zero_shot | accuracy" in md and "## Verdict" in md and "**Recommended: few_shot" in md
+    assert re.search(r"### zero_shot: \d+ of \d+ wrong", md)
+    back = json.loads(paths["json"].read_text())
+    assert back["rungs"] == json.loads(json.dumps(data["rungs"]))
+    # A second report replaces our own files.
+    write_report(data, out)
+
+
+def test_never_overwrites_a_file_it_did_not_write(tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "report.md").write_text("my notes\n")
+    with pytest.raises(RungwiseError, match="not written by rungwise"):
+        write_report({"task": "t", "rungs": []}, out)
+    assert (out / "report.md").read_text() == "my notes\n"
+    assert not (out / "report.html").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RungwiseError, match="not a directory"):
+        write_report({"task": "t", "rungs": []}, tmp_path / "afile")
+    with pytest.raises(RungwiseError, match="at least 'task' and 'rungs'"):
+        write_report({"rungs": []}, out)
+
+
+def test_minimal_data_renders(tmp_path: Path) -> None:
+    paths = write_report({"task": "empty", "rungs": []}, tmp_path / "r")
+    page = paths["html"].read_text()
+    assert "No rung was measured" in page and "No verdict" in page
+
+
+def test_report_data_in_memory_without_prices(stored_run: tuple[int, Path]) -> None:
+    from rungwise.climb import load_climb
+
+    run_id, _ = stored_run
+    c = load_climb(run_id)
+    data = report_data(c)  # no task: no costs, no verdict, no examples
+    assert data["verdict"] is None and data["economics"] is None and data["examples"] == []
+    assert "No verdict" in write_report(data, Path(str(stored_run[1].parent / "r2")))["html"].read_text()
+
+
+def test_svg_helpers() -> None:
+    assert nice_ticks(0, 1403) == [0, 500, 1000, 1500]
+    assert nice_ticks(0.55, 0.96)[0] == 0.5 and nice_ticks(0.55, 0.96)[-1] == 1.0
+    s = score_chart(["a", "<b>"], [0.5, 0.9], [0.4, 0.85], [0.6, 0.95], metric="accuracy", target=0.8)
+    assert s.startswith("<svg") and "&lt;b&gt;" in s and 'class="target"' in s and s.count('class="point"') == 2
+    b = bar_chart(["x", "y"], {"p50": [1, 2], "p95": [2, 4]}, title="latency", unit=" ms")
+    assert b.count('class="bar"') == 4
+    ln = line_chart([1, 10, 100], {"a": [1, 2, 3], "b": [3, 2, 1]}, title="t", x_label="x", y_label="y",
+                    vline=(10, "now"), points=[(10, 2, "cross")])
+    assert ln.count('class="line"') == 2 and 'class="marker"' in ln and 'class="vline"' in ln
