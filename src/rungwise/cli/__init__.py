@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "rungwise.cli.core",
     "rungwise.cli.serve",
     "rungwise.cli.economics",
+    "rungwise.cli.audit",
 ]
 
 for _mod in COMMAND_MODULES:
