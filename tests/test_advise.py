@@ -202,7 +202,8 @@ def test_nothing_meets_the_target_says_what_to_try() -> None:
     assert v.recommended is None and v.confidence == "none"
     assert "Best: few_shot at accuracy 0.700" in v.headline
     steps = " | ".join(v.next_steps)
-    assert "add the finetune rung" in steps and "add the rag rung" in steps
+    assert "add the finetune rung" in steps and "add the rag rung" in steps and "a larger base model" in steps
+    assert any(r.startswith("zero_shot") and "(60% of its answers in a valid format)" in r for r in v.reasons)
     v2 = _judge(rungs, factors={"clean_examples": 120})
     assert any("collect 500+ clean examples (you have 120)" in s for s in v2.next_steps)
     # With a fine-tune measured and still short: more data, a larger model.

@@ -415,6 +415,13 @@ def verdict(
     return v
 
 
+def _valid_note(r: RungResult) -> str:
+    # A rung that cannot keep to the answer format fails for a different reason than one that answers wrongly.
+    if r.format_valid_rate < 0.9:
+        return f" ({r.format_valid_rate:.0%} of its answers in a valid format)"
+    return ""
+
+
 def _cost_phrase(c: RungCost | None) -> str:
     if c is None or c.best() is None:
         return "cost unknown (no price)"
@@ -450,7 +457,7 @@ def _explain_pick(
         base = f"{s.rung}: {m.name} {_fmt(s.value)} [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]"
         if target is not None and not s.meets:
             gap = abs(s.value - target.value)
-            v.reasons.append(f"{base} misses {tgt} by {gap:.3f}")
+            v.reasons.append(f"{base} misses {tgt} by {gap:.3f}" + _valid_note(results[[x.rung for x in statuses].index(s.rung)]))
         elif s.rung in dropped:
             v.reasons.append(f"{base} meets the target but was passed over: {dropped[s.rung]}")
         elif target is not None and not s.established:
@@ -521,10 +528,10 @@ def _explain_none(
     v.recommended = None
     v.headline = (f"No rung meets {target}. Best: {best.rung} at {name} {_fmt(best.value)} "
                   f"[{_fmt(best.ci_low)}, {_fmt(best.ci_high)}].")
-    for s in statuses:
+    for s, rr in zip(statuses, results, strict=True):
         base = f"{s.rung}: {name} {_fmt(s.value)} [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]"
         if not s.meets:
-            v.reasons.append(f"{base} misses {target} by {abs(s.value - target.value):.3f}")
+            v.reasons.append(f"{base} misses {target} by {abs(s.value - target.value):.3f}" + _valid_note(rr))
         elif s.rung in dropped:
             v.reasons.append(f"{base} meets the target on its point estimate but: {dropped[s.rung]}")
         else:
@@ -554,7 +561,7 @@ def _explain_none(
         n_train = next((results[[x.rung for x in statuses].index(s.rung)].artifact.get("train_examples") for s in ft), None)
         more = f" (trained on {n_train})" if n_train else ""
         steps.append(f"more clean training data{more}: fine-tuned scores usually keep rising with examples")
-        steps.append("a larger base model (model.id): a bigger model starts higher on every rung")
+    steps.append("a larger base model (model.id): a bigger model starts higher on every rung")
     valid = r.format_valid_rate
     if valid < 0.9:
         steps.append(f"{1 - valid:.0%} of {best.rung}'s answers were not in a valid format: tighten the instructions, add "

@@ -133,8 +133,9 @@ def _charts(data: dict[str, Any]) -> str:
     vol = econ.get("daily_volume")
     if series:
         figs.append((svg.bar_chart(names, series, title="cost per 1,000 requests", unit="$", y_label="USD"),
-                     f"At {vol:,} requests/day" + (f", priced as {econ.get('price_model')}" if econ.get("price_model") else "")
-                     + ". Self-hosted includes idle server time." if vol else "Cost per 1,000 requests."))
+                     (f"At {vol:,} requests/day" if vol else "Cost per 1,000 requests")
+                     + (f", priced as {econ.get('price_model')}" if econ.get("price_model") else "")
+                     + (". Self-hosted includes idle server time." if "self-hosted" in series else ".")))
     curves = econ.get("curves") or {}
     if curves.get("series"):
         pts = []
@@ -153,9 +154,12 @@ def _charts(data: dict[str, Any]) -> str:
                                     points=pts),
                      "Total monthly cost of each rung's cheapest deployment, one-off training and labeling amortized; "
                      "circles mark break-even volumes."))
-    figs.append((svg.bar_chart(names, {"p50": [1000 * float(r.get("latency_p50_s") or 0) for r in rungs],
-                                       "p95": [1000 * float(r.get("latency_p95_s") or 0) for r in rungs]},
-                               title="latency per request", unit=" ms", y_label="milliseconds"),
+    p50 = [float(r.get("latency_p50_s") or 0) for r in rungs]
+    p95 = [float(r.get("latency_p95_s") or 0) for r in rungs]
+    # Milliseconds for fast rungs, seconds once any p95 passes a second.
+    scale, unit, word = (1.0, " s", "seconds") if max(p95, default=0) >= 1 else (1000.0, " ms", "milliseconds")
+    figs.append((svg.bar_chart(names, {"p50": [scale * x for x in p50], "p95": [scale * x for x in p95]},
+                               title="latency per request", unit=unit, y_label=word),
                  "Measured on the climb's hardware and backend (batched generation shares time across a batch)."))
     return '<div class="charts">' + "".join(
         f"<figure>{s}<figcaption>{_e(c)}</figcaption></figure>" for s, c in figs) + "</div>"

@@ -31,11 +31,12 @@ def _fmt_tick(v: float, unit: str = "") -> str:
         if abs(v) >= 1000:
             return f"${v / 1000:,.0f}k" if abs(v) >= 10_000 else f"${v / 1000:,.1f}k"
         return f"${v:,.0f}" if abs(v) >= 10 else (f"${v:.2f}" if abs(v) >= 1 else f"${v:.3g}")
+    # Three significant digits: labels are for reading, the JSON has the exact numbers.
     if abs(v) >= 1e6:
-        return f"{v / 1e6:g}M"
+        return f"{v / 1e6:.3g}M{unit}"
     if abs(v) >= 1e3:
-        return f"{v / 1e3:g}k"
-    return f"{v:g}{unit}"
+        return f"{v / 1e3:.3g}k{unit}"
+    return f"{v:.3g}{unit}"
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
