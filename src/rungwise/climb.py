@@ -119,8 +119,7 @@ def climb(
     metric = get_metric(task.metric, task.labels, task.base_dir)
     split = load_split(task)
     test: list[Example] = split.test[:limit] if limit else split.test
-    if backend is None:
-        check_model(task.model)
+    model_id = backend.model_id if backend else check_model(task.model)
     if split.leakage.count:
         reporter.note(
             f"leakage: {split.leakage.count} test example(s) duplicated train inputs and were dropped "
@@ -161,7 +160,7 @@ def climb(
             config_json=json.dumps(task.model_dump(mode="json")),
             train_hash=data_hash(split.train),
             test_hash=data_hash(test),
-            model_id=backend.model_id if backend else f"{task.model.backend}:{task.model.id}",
+            model_id=model_id,
             n_train=len(split.train),
             n_test=len(test),
             leakage_exact=len(split.leakage.exact),

@@ -101,6 +101,13 @@ def resolve(model_id: str, gguf_file: str | None = None) -> ResolvedModel:
     return ResolvedModel(model_id, model_id)
 
 
+def _quiet_transformers() -> None:
+    """rungwise draws its own progress; transformers' per-load bars and notices are noise here."""
+    tf_logging = require("transformers").utils.logging
+    tf_logging.disable_progress_bar()
+    tf_logging.set_verbosity_error()
+
+
 def _convert_gguf(rm: ResolvedModel) -> Path:
     """Convert a GGUF checkpoint once into a plain safetensors directory; return it."""
     assert rm.gguf_path is not None and rm.sha256 is not None
@@ -113,6 +120,7 @@ def _convert_gguf(rm: ResolvedModel) -> Path:
     transformers = require("transformers")
     torch = require("torch")
     require("gguf")
+    _quiet_transformers()
     gguf_dir, gguf_name = str(rm.gguf_path.parent), rm.gguf_path.name
     tok = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
@@ -187,6 +195,7 @@ def load_causal_lm(
     """
     transformers = require("transformers")
     torch = require("torch")
+    _quiet_transformers()
     path = checkpoint_dir(rm)
     try:
         tok = load_tokenizer(rm, trust_remote_code)

@@ -12,12 +12,19 @@ if TYPE_CHECKING:
 __all__ = ["Backend", "ProgressFn", "check_model", "make_backend"]
 
 
-def check_model(spec: ModelSpec) -> None:
-    """Fail fast, before any work is stored, when the model cannot be found (cheap: no loading)."""
+def check_model(spec: ModelSpec) -> str:
+    """Fail fast, before any work is stored, when the model cannot be found (cheap: no loading).
+
+    Returns the model id recorded in the run store (with the weights' hash where known)."""
     if spec.backend == "local":
         from rungwise import models
 
-        models.resolve(spec.id, spec.gguf_file)
+        return "local:" + models.resolve(spec.id, spec.gguf_file).display
+    if spec.backend == "openai":
+        from rungwise.backends.openai_compat import _public_url
+
+        return f"openai:{spec.id}@{_public_url((spec.base_url or '').rstrip('/'))}"
+    return f"scripted:{spec.id}"
 
 
 def make_backend(spec: ModelSpec) -> Backend:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,8 @@ from rich.table import Table
 from rungwise.errors import RungwiseError
 from rungwise.types import ClimbResult, RungResult
 
-console = Console()
+# Piped output (CI logs, `| tee`) gets a width that fits the ladder instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 
@@ -31,23 +33,29 @@ def _fmt_pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _fmt_latency(seconds: float) -> str:
+    return f"{1000 * seconds:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
 def ladder_table(c: ClimbResult, title: str | None = None) -> Table:
     """The ladder: one row per rung, with CI, format-valid rate, tokens, latency, p-value, target."""
+    metric = c.rungs[0].metric.name if c.rungs else "metric"
     t = Table(title=title or f"{c.task}: the ladder (n_test={c.n_test}, run {c.run_id})", title_justify="left")
-    for col, just in [("rung", "left"), ("metric [95% CI]", "right"), ("format-valid", "right"), ("tokens/call", "right"),
-                      ("p50 latency", "right"), ("ex/s", "right"), ("p vs below", "right"), ("meets target?", "center")]:
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for col, just in [("rung", "left"), (f"{metric} [95% CI]", "right"), ("format-valid", "right"),
+                      ("tokens/call in+out", "right"), ("p50 latency", "right"), ("ex/s", "right"),
+                      ("p vs below", "right"), ("meets target", "center")]:
+        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for r in c.rungs:
         m = r.metric
         cmp = r.comparison
-        p = "—" if cmp is None else (f"{cmp.p_value:.3g}" + (" *" if cmp.significant else ""))
+        p = "—" if cmp is None else (f"{cmp.p_value:.2g}" + (" *" if cmp.significant else ""))
         meets = "—" if not c.target else ("yes" if r.meets_target else "no")
         t.add_row(
             r.rung,
-            f"{m.name} {m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}]",
+            f"{m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}]",
             _fmt_pct(r.format_valid_rate),
             f"{r.mean_prompt_tokens:.0f} + {r.mean_completion_tokens:.1f}",
-            f"{1000 * r.latency_p50_s:.0f} ms",
+            _fmt_latency(r.latency_p50_s),
             f"{r.examples_per_s:.1f}",
             p,
             meets,
