@@ -240,3 +240,12 @@ def test_default_volume_is_flagged_and_verdict_serializes() -> None:
     d = v.to_dict()
     assert d["recommended"] == v.recommended and d["statuses"][0]["rung"] == "zero_shot"
     assert "Reasons:" in v.text()
+
+
+def test_an_early_stop_is_flagged() -> None:
+    rungs = _ladder()[:2]
+    t = task_from_dict({"name": "t", "data": {"path": "x.jsonl"}, "target": "accuracy >= 0.85",
+                        "rungs": {"order": ["zero_shot", "few_shot", "finetune"]}})
+    v = verdict(ClimbResult("t", 1, rungs, "accuracy >= 0.85", "few_shot", 300), t)
+    assert v.recommended == "few_shot"
+    assert any("stopped at few_shot: finetune not measured" in w for w in v.warnings)

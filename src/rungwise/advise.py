@@ -345,6 +345,12 @@ def verdict(
                 statuses=statuses, break_evens=[b.to_dict() for b in bes])
     if not volume_given:
         v.warnings.append(f"no daily volume given: costs assume {volume:,} requests/day (set economics.daily_volume)")
+    order = list(getattr(getattr(task, "rungs", None), "order", []) or [])
+    unmeasured = [n for n in order if n not in {r.rung for r in results}]
+    if climb.stopped_at and unmeasured:
+        # A rung above the first one to meet the target may still be cheaper at this volume.
+        v.warnings.append(f"the climb stopped at {climb.stopped_at}: {', '.join(unmeasured)} not measured, so not "
+                          "priced; climb with --all to compare them")
     if not results:
         v.headline = "No rung was measured: nothing to recommend."
         v.next_steps.append("run `rungwise climb task.yaml --all`")
