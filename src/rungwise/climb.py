@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Protocol
 
 from rungwise import __version__
@@ -241,13 +241,27 @@ def climb(
         n_test=len(test),
         leakage_dropped=split.leakage.count,
     )
+    if results:
+        price_and_advise(out, task)
     store.finish_climb(climb_id, "done", climb_to_dict(out))
     return out
 
 
+def price_and_advise(c: ClimbResult, task: Task) -> ClimbResult:
+    """Price every measured rung at the task's volume and attach the verdict (pure; no model calls)."""
+    from rungwise.advise import verdict
+    from rungwise.economics.cost import price_rungs
+
+    c.costs = price_rungs(c.rungs, task)
+    c.verdict = verdict(c, task, c.costs)
+    return c
+
+
 def climb_to_dict(c: ClimbResult, with_examples: bool = False) -> dict[str, Any]:
-    d = asdict(c)
+    d = asdict(replace(c, costs=[], verdict=None))
     d["rungs"] = [result_to_dict(r, with_examples) for r in c.rungs]
+    d["costs"] = [x.to_dict() for x in c.costs]
+    d["verdict"] = c.verdict.to_dict() if c.verdict is not None else None
     return d
 
 
@@ -263,16 +277,21 @@ def rung_result_from_dict(d: dict[str, Any]) -> RungResult:
 
 
 def load_climb(climb_id: int, store: Store | None = None) -> ClimbResult:
-    """Rebuild a finished (or partial) climb's results from the store."""
+    """Rebuild a finished (or partial) climb's results from the store, priced with its stored config."""
     store = store or Store()
     row = store.climb(climb_id)
     rungs = [rung_result_from_dict(json.loads(r["result_json"])) for r in store.rungs(climb_id) if r["result_json"]]
     cfg = json.loads(row["config_json"])
-    return ClimbResult(
+    c = ClimbResult(
         task=row["task_name"], run_id=climb_id, rungs=rungs, target=cfg.get("target"),
         stopped_at=(json.loads(row["result_json"]) or {}).get("stopped_at") if row["result_json"] else None,
         n_test=row["n_test"], leakage_dropped=row["leakage_exact"] + row["leakage_normalized"],
     )
+    if rungs:
+        from rungwise.task import task_from_dict
+
+        price_and_advise(c, task_from_dict(cfg, source=f"run {climb_id} config"))
+    return c
 
 
 ProgressCallback = Callable[[int], None]

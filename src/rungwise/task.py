@@ -253,7 +253,9 @@ class Task(_Strict):
 
     def config_hash(self) -> str:
         """Hash of the validated config (what would change results), for the run store."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # Economics and decision factors price and weigh results but never change them, so
+        # changing the volume must not block `--resume`.
+        blob = json.dumps(self.model_dump(mode="json", exclude={"economics", "factors"}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -142,3 +142,6 @@ class ClimbResult:
     n_test: int
     leakage_dropped: int = 0
     notes: list[str] = field(default_factory=list)
+    #: priced rungs (rungwise.economics.cost.RungCost) and the recommendation (rungwise.advise.Verdict)
+    costs: list[Any] = field(default_factory=list)
+    verdict: Any = None

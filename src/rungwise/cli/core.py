@@ -173,6 +173,9 @@ def register(app: typer.Typer) -> None:
         console.print(ladder_table(result))
         console.print(_summary(result))
         console.print("[dim]* = significant at p < 0.05 (paired test against the rung below)[/]")
+        from rungwise.economics.render import print_economics
+
+        print_economics(console, result.costs, result.verdict)
 
     runs_app = typer.Typer(help="The run store: past climbs and their rungs.", no_args_is_help=True)
     app.add_typer(runs_app, name="runs")
@@ -220,6 +223,9 @@ def register(app: typer.Typer) -> None:
             f"leakage dropped {row['leakage_exact']} exact + {row['leakage_normalized']} normalized"
         )
         console.print(ladder_table(c))
+        from rungwise.economics.render import print_economics
+
+        print_economics(console, c.costs, c.verdict)
         for r in store.rungs(run_id):
             art = json.loads(r["artifact_json"])
             prompt = art.get("prompt", {})
