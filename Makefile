@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck bench clean
+.PHONY: install browser demo test lint bench clean
 
 install: $(STAMP)
 
@@ -24,7 +24,14 @@ demo: install
 	test -f demo-task/task.yaml || $(BIN)/rungwise init demo-task
 	$(BIN)/rungwise climb demo-task/task.yaml --all
 
-test: install
+# The report test opens the HTML page in Debian's headless Chromium (driven by Playwright's
+# client library; `playwright install` is never run: it would download its own browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+		echo "warning: could not install Debian's chromium; the browser test will be skipped"
+
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
