@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import random
 from pathlib import Path
@@ -467,3 +468,32 @@ def test_real_banking77_train_split_is_ready() -> None:
     rep = audit(BANKING, columns=("text", "category"))
     assert rep.verdict == "ready", rep.reasons
     assert {f.severity for f in rep.findings} == {"info"}
+
+
+def test_task_model_tokenizer_falls_back_to_the_estimate_with_a_note(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "train.jsonl", clean_records())
+    task = task_from_dict(
+        {"name": "t", "data": {"path": "train.jsonl"}, "model": {"backend": "local", "id": str(tmp_path / "no-model")}},
+        base_dir=tmp_path,
+    )
+    rep = audit(task=task)
+    method = rep.stats["tokens"]["method"]
+    assert method.startswith("estimate (chars/4)") and "could not be loaded" in method
+
+
+@pytest.mark.skipif(importlib.util.find_spec("presidio_analyzer") is not None, reason="presidio is installed")
+def test_presidio_without_the_package_names_the_install(tmp_path: Path) -> None:
+    from rungwise.errors import MissingDependency
+
+    with pytest.raises(MissingDependency, match="presidio"):
+        audit(write_jsonl(tmp_path / "d.jsonl", clean_records()), pii="presidio")
+
+
+def test_clean_examples_are_what_fix_keeps(tmp_path: Path) -> None:
+    exs = [Example(r["input"], r["output"], source=f"m:{i + 1}") for i, r in enumerate(clean_records())]
+    exs += [exs[0], Example(exs[1].input, "refund" if exs[1].output != "refund" else "cards", source="m:602")]
+    rep = audit(exs, test=[Example(exs[5].input, exs[5].output)])
+    kept = rep.clean_examples()
+    # The repeat, both sides of the conflict and the leaked line are gone; the rest stays in order.
+    assert len(kept) == len(exs) - 4 and rep.n_clean == len(kept)
+    assert kept[0] is exs[0] and exs[1] not in kept and exs[5] not in kept

@@ -26,6 +26,29 @@ _FORMAT_KINDS = {
     "no_user_message", "csv_columns", "invalid_record",
 }  # fmt: skip
 
+# What a line with the problem is, for the finding's headline ("3 lines are not valid JSON").
+_FORMAT_TITLES = {
+    "malformed_json": "is not valid JSON",
+    "not_object": "is not a JSON object",
+    "missing_field": "lacks a required field",
+    "wrong_type": "has a field of the wrong type",
+    "non_string_content": "has message content that is not a string",
+    "empty_output": "has an empty expected output",
+    "empty_input": "has an empty input",
+    "unknown_key": "has keys rungwise does not use",
+    "missing_messages": "has no usable 'messages' list",
+    "message_format": "has a message that is not an object",
+    "message_missing_key": "has a message without role or content",
+    "message_unknown_key": "has message keys hosted fine-tuning rejects",
+    "bad_role": "has an unknown role",
+    "empty_message": "has an empty turn",
+    "system_position": "has a system message after the first turn",
+    "missing_assistant": "does not end with the assistant reply",
+    "no_user_message": "has no user turn",
+    "csv_columns": "has the wrong number of columns",
+    "invalid_record": "cannot be read as an example",
+}
+
 _FORMAT_HINTS = {
     "malformed_json": "fix the JSON on those lines (or let --fix drop them)",
     "not_object": "write one JSON object {...} per line",
@@ -98,8 +121,27 @@ def _severity(share: float, warn: float, error: float | None = None) -> str:
     return WARNING if share >= warn else INFO
 
 
+_IRREGULAR = {"has": "have", "is": "are", "was": "were", "does": "do"}
+
+
+def _n(k: int, noun: str, verb: str = "") -> str:
+    """``_n(1, "example", "has")`` -> '1 example has'; ``_n(3, ...)`` -> '3 examples have'."""
+    many = k != 1
+    head, sep, tail = noun.partition(" (")  # "national id number (US SSN, UK NINO)"
+    if many:
+        head += "es" if head.endswith(("s", "x", "ch", "sh")) else "s"
+    out = f"{k:,} {head}{sep}{tail}"
+    if verb:
+        first, _, rest = verb.partition(" ")
+        if many:
+            first = _IRREGULAR.get(first, first[:-1] if first.endswith("s") else first)
+        out += " " + first + (" " + rest if rest else "")
+    return out
+
+
 def _pct(x: float) -> str:
-    return f"{x:.1%}" if x < 0.1 else f"{x:.0%}"
+    """A share that never rounds a minority to 0% or a majority to 100%."""
+    return f"{x:.1%}" if x < 0.1 or 0.995 <= x < 1 else f"{x:.0%}"
 
 
 def _snippet(text: str, n: int = 40) -> str:
@@ -127,11 +169,17 @@ class _Ctx:
             " ".join(m["content"] for m in e.messages if m["role"] != "system") if e.messages else e.input
             for e in self.examples
         ]
-        self.key_norm = [
-            _norm("\x00".join(m["content"] for m in e.messages if m["role"] == "system") + "\x01" + u)
-            for e, u in zip(self.examples, self.user_text, strict=True)
-        ]
         self.near_norm = [normalize_text(u) for u in self.user_text]
+        # Conflicts compare whole inputs, system prompt included (a different instruction may
+        # rightly give a different output); system prompts repeat, so each is normalised once.
+        sys_norm: dict[str, str] = {}
+        self.key_norm = []
+        for e, u, un in zip(self.examples, self.user_text, self.near_norm, strict=True):
+            system = "\x00".join(m["content"] for m in e.messages if m["role"] == "system")
+            if system not in sys_norm:
+                sys_norm[system] = normalize_text(system)
+            self.key_norm.append(sys_norm[system] + "\x01" + (un or u.strip()))
+        self.words = [t.split() for t in self.near_norm]
         self.findings: list[Finding] = []
         self.stats: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
@@ -160,6 +208,10 @@ class _Ctx:
 # ----------------------------------------------------------------------------- checks
 
 
+def _line_ref(row: Row) -> str:
+    return f"line {row.line}" if row.line else row.where
+
+
 def _check_format(ctx: _Ctx) -> None:
     by_kind: dict[tuple[str, str], list[tuple[Row, str]]] = defaultdict(list)
     for row in ctx.rows:
@@ -168,21 +220,19 @@ def _check_format(ctx: _Ctx) -> None:
             by_kind[(kind, p.severity)].append((row, p.message))
     for (kind, sev), hits in sorted(by_kind.items()):
         rows = sorted({r.index for r, _ in hits})
-        first = hits[0]
+        first_row, first_msg = hits[0]
         n = len(rows)
-        msg = f"{first[1]} ({n:,} line{'s' * (n != 1)}" + (f"; first at {first[0].where})" if n > 1 else ")")
-        if n == 1:
-            msg = f"{first[1]}"
+        msg = f"{_n(n, 'line', _FORMAT_TITLES.get(kind, 'has a problem'))}; {_line_ref(first_row)}: {first_msg}"
         samples = []
-        seen = set()
-        for r, m in hits:
+        seen = {first_msg}
+        for r, m in hits:  # other wordings of the same problem, beyond the headline's
             if m not in seen and len(samples) < 3:
                 seen.add(m)
-                samples.append(f"{r.where.rsplit(':', 1)[-1] if ':' in r.where else r.where}: {m}")
+                samples.append(f"{_line_ref(r)}: {m}")
         ctx.findings.append(
             Finding(
                 kind=kind, severity=sev, message=msg, lines=[ctx.rows[i].where for i in rows], count=n,  # type: ignore[arg-type]
-                category="format", hint=_FORMAT_HINTS.get(kind, ""), samples=samples if len(seen) > 1 else [], rows=rows,
+                category="format", hint=_FORMAT_HINTS.get(kind, ""), samples=samples, rows=rows,
             )
         )  # fmt: skip
 
@@ -193,11 +243,12 @@ def _check_duplicates(ctx: _Ctx, th: Thresholds, test_rows: list[Example] | None
         return
     t0 = time.perf_counter()
     # Exact repeats (same input, history and output), keeping the first.
-    first_of: dict[str, int] = {}
+    first_of: dict[tuple[Any, ...], int] = {}
     exact: list[int] = []
     exact_of: dict[int, int] = {}
     for i, ex in enumerate(ctx.examples):
-        k = ex.id
+        # The fields Example.id hashes, as a tuple: same identity, no sha256 per example.
+        k = (ex.input, tuple((m["role"], m["content"]) for m in ex.messages), ex.output)
         if k in first_of:
             exact.append(i)
             exact_of[i] = first_of[k]
@@ -208,7 +259,7 @@ def _check_duplicates(ctx: _Ctx, th: Thresholds, test_rows: list[Example] | None
         i0 = exact[0]
         ctx.add(
             "exact_duplicate", _severity(share, th.exact_dup_warn, th.exact_dup_error),
-            f"{len(exact):,} example{'s repeat' if len(exact) != 1 else ' repeats'} ({_pct(share)}) an earlier line exactly "
+            f"{_n(len(exact), 'example', 'repeats')} an earlier line exactly ({_pct(share)}) "
             f"(e.g. {ctx.ref(i0)} repeats {ctx.ref(exact_of[i0])}); repeats overweight those examples "
             "and leak across a train/test split",
             exact, category="duplicates", hint="--fix OUT keeps the first copy",
@@ -242,7 +293,7 @@ def _check_duplicates(ctx: _Ctx, th: Thresholds, test_rows: list[Example] | None
         share = len(conflict_rows) / n
         ctx.add(
             "conflict", _severity(share, th.conflict_warn, th.conflict_error),
-            f"{conflict_groups:,} input{'s appear' if conflict_groups != 1 else ' appears'} with different outputs "
+            f"{_n(conflict_groups, 'input', 'appears')} with different outputs "
             f"({len(conflict_rows):,} lines, {_pct(share)}; e.g. {conflict_sample}): the model learns to guess",
             conflict_rows, category="duplicates", hint="decide the right output per input; --fix OUT drops all conflicting lines",
         )  # fmt: skip
@@ -294,7 +345,7 @@ def _check_duplicates(ctx: _Ctx, th: Thresholds, test_rows: list[Example] | None
             eg = f"; e.g. {ctx.ref(b)} ~ {ctx.ref(a)} (similarity {jac:.2f})"
         ctx.add(
             "near_duplicate", _severity(share, th.near_dup_warn),
-            f"{len(set(near_dup)):,} example{'s' * (len(set(near_dup)) != 1)} ({_pct(share)}) nearly repeat an earlier "
+            f"{_n(len(set(near_dup)), 'example')} ({_pct(share)}) nearly {'repeat' if len(set(near_dup)) != 1 else 'repeats'} an earlier "
             f"input with the same output (same text up to case/punctuation, or >= {th.near_jaccard:.0%} of 5-character "
             f"shingles shared{eg})",
             near_dup, category="duplicates", hint="--fix OUT keeps the first of each group",
@@ -303,7 +354,7 @@ def _check_duplicates(ctx: _Ctx, th: Thresholds, test_rows: list[Example] | None
         share = len(set(near_conf)) / n
         ctx.add(
             "near_conflict", _severity(share, th.near_conflict_warn),
-            f"{near_conf_pairs:,} pair{'s' * (near_conf_pairs != 1)} of near-identical inputs with different outputs "
+            f"{_n(near_conf_pairs, 'pair')} of near-identical inputs with different outputs "
             f"(e.g. {near_conf_sample}): check that the difference is intended",
             near_conf, category="duplicates", hint="make near-identical inputs agree, or make the difference explicit",
         )  # fmt: skip
@@ -311,6 +362,7 @@ def _check_duplicates(ctx: _Ctx, th: Thresholds, test_rows: list[Example] | None
     # Leakage: train inputs that are also (or nearly) test inputs.
     if test_rows is not None:
         test_keys = {normalize_text(_user_side(e)) for e in test_rows}
+        test_keys.discard("")  # inputs of punctuation only normalise to nothing: not evidence
         leak = [i for i, t in enumerate(ctx.near_norm) if t in test_keys]
         n_test = max(1, len(test_rows))
         if leak:
@@ -318,8 +370,8 @@ def _check_duplicates(ctx: _Ctx, th: Thresholds, test_rows: list[Example] | None
             share = n_test_hit / n_test
             ctx.add(
                 "leakage", _severity(share, th.leakage_warn),
-                f"{len(leak):,} training example{'s' * (len(leak) != 1)} have the same input as {n_test_hit:,} test "
-                f"example{'s' * (n_test_hit != 1)} ({_pct(share)} of the test set): those test scores measure memory, "
+                f"{_n(len(leak), 'training example', 'has')} the same input as {_n(n_test_hit, 'test example')} "
+                f"({_pct(share)} of the test set): those test scores measure memory, "
                 "not skill (the climb drops such test examples; other tools may not)",
                 leak, category="leakage", hint="--fix OUT drops them from the training file",
             )  # fmt: skip
@@ -333,7 +385,7 @@ def _check_duplicates(ctx: _Ctx, th: Thresholds, test_rows: list[Example] | None
             share = len(leak_near_test) / n_test
             ctx.add(
                 "near_leakage", _severity(share, th.near_leakage_warn),
-                f"{len(near_rows):,} training example{'s' * (len(near_rows) != 1)} nearly repeat a test input "
+                f"{_n(len(near_rows), 'training example')} nearly {'repeat' if len(near_rows) != 1 else 'repeats'} a test input "
                 f"(>= {th.near_jaccard:.0%} shingles shared; {len(leak_near_test):,} test examples, {_pct(share)} of the "
                 "test set): scores on those are inflated",
                 near_rows, category="leakage", hint="--fix OUT drops them from the training file",
@@ -359,7 +411,7 @@ def _check_outputs(ctx: _Ctx, th: Thresholds, task_labels: Sequence[str] | None)
     if len(fam) > 1 and dominant is not None:
         minority = [i for i, s in enumerate(shapes) if s.family != dominant]
         strict = dominant in _shapes.STRICT_FAMILIES or any(f in _shapes.STRICT_FAMILIES for f in fam if f != dominant)
-        mix = ", ".join(f"{v / n:.0%} {_family_label(k, shapes)}" for k, v in fam.most_common(4))
+        mix = ", ".join(f"{_pct(v / n)} {_family_label(k, shapes)}" for k, v in fam.most_common(4))
         ctx.add(
             "output_shape_mix", WARNING if strict else INFO,
             f"outputs mix shapes: {mix}" + (": a model trained on this will mix them too" if strict else ""),
@@ -373,7 +425,7 @@ def _check_outputs(ctx: _Ctx, th: Thresholds, task_labels: Sequence[str] | None)
             top_keys = _keyset(top)
             odd = [i for i, s in enumerate(shapes) if s.family == "json" and str(s) != top]
             subset_only = all(_keyset(k) <= top_keys or _keyset(k) >= top_keys for k in keysets)
-            mix = ", ".join(f"{v / n:.0%} {k}" for k, v in keysets.most_common(4))
+            mix = ", ".join(f"{_pct(v / n)} {k}" for k, v in keysets.most_common(4))
             ctx.add(
                 "json_keys_mix", INFO if subset_only else WARNING,
                 f"JSON outputs have different key sets: {mix}", odd, category="consistency",
@@ -396,7 +448,7 @@ def _check_outputs(ctx: _Ctx, th: Thresholds, task_labels: Sequence[str] | None)
                 odd = Counter(stripped[i] for i in unknown).most_common(3)
                 ctx.add(
                     "unknown_label", _severity(share, 0.0, th.unknown_label_error),
-                    f"{len(unknown):,} output{'s' * (len(unknown) != 1)} are not in the task's label set "
+                    f"{_n(len(unknown), 'output', 'is')} not in the task's label set "
                     f"(e.g. {', '.join(_snippet(o, 30) for o, _ in odd)})",
                     unknown, category="consistency", hint="correct the label, or add it to labels in task.yaml",
                 )  # fmt: skip
@@ -404,7 +456,7 @@ def _check_outputs(ctx: _Ctx, th: Thresholds, task_labels: Sequence[str] | None)
             if missing:
                 ctx.add(
                     "label_missing", WARNING,
-                    f"{len(missing)} label{'s' * (len(missing) != 1)} of the task have no training example: {', '.join(missing[:8])}",
+                    f"{_n(len(missing), 'label')} of the task {'have' if len(missing) != 1 else 'has'} no training example: {', '.join(missing[:8])}",
                     category="consistency", hint="add examples for every label the model must produce", count=len(missing),
                 )  # fmt: skip
             real = {k: v for k, v in counts.items() if k in allowed}
@@ -420,7 +472,7 @@ def _check_outputs(ctx: _Ctx, th: Thresholds, task_labels: Sequence[str] | None)
                     eg.append(_snippet(lb, 30) + (f" (did you mean {close[0]!r}?)" if close else ""))
                 ctx.add(
                     "rare_label", WARNING,
-                    f"{len(singles)} label{'s' * (len(singles) != 1)} occur only once while labels have a median of "
+                    f"{_n(len(singles), 'label', 'occurs')} only once while labels have a median of "
                     f"{med:.0f} examples: likely typos ({'; '.join(eg)})",
                     rows, category="consistency", hint="correct the label or add examples for it",
                 )  # fmt: skip
@@ -484,7 +536,7 @@ def _check_tokens(ctx: _Ctx, th: Thresholds, tokenizer: Any, task: Any, note: st
             share = len(over) / n
             ctx.add(
                 "too_long_model", _severity(share, 0.0, th.long_error),
-                f"{len(over):,} example{'s' * (len(over) != 1)} exceed the model's context of {tc.model_context:,} tokens "
+                f"{_n(len(over), 'example', 'exceeds')} the model's context of {tc.model_context:,} tokens "
                 f"(longest {int(tc.total.max()):,}): training truncates them, cutting off the expected output",
                 over.tolist(), category="length", hint="shorten them or split them; --fix OUT drops them",
             )  # fmt: skip
@@ -494,7 +546,7 @@ def _check_tokens(ctx: _Ctx, th: Thresholds, tokenizer: Any, task: Any, note: st
         share = len(over) / n
         ctx.add(
             "too_long_hosted", _severity(share, 0.0, th.long_error),
-            f"{len(over):,} example{'s' * (len(over) != 1)} exceed the {default.max_tokens_per_example:,}-token "
+            f"{_n(len(over), 'example', 'exceeds')} the {default.max_tokens_per_example:,}-token "
             f"per-example limit of hosted fine-tuning ({default.snapshot}, {tc.method}): they are truncated there",
             over.tolist(), category="length", hint="shorten or split them; --fix OUT drops them",
         )  # fmt: skip
@@ -505,7 +557,7 @@ def _check_tokens(ctx: _Ctx, th: Thresholds, tokenizer: Any, task: Any, note: st
             share = len(long_out) / n
             ctx.add(
                 "output_over_max_tokens", WARNING,
-                f"{len(long_out):,} expected output{'s' * (len(long_out) != 1)} ({_pct(share)}) are longer than "
+                f"{_n(len(long_out), 'expected output', 'is')} longer ({_pct(share)}) than "
                 f"model.params.max_tokens = {max_new} ({tc.method}): the climb cuts answers there and scores them wrong",
                 long_out.tolist(), category="length", hint=f"raise model.params.max_tokens above {int(tc.output.max())}",
             )  # fmt: skip
@@ -538,7 +590,7 @@ def _check_pii(ctx: _Ctx, th: Thresholds, mode: str) -> dict[int, list[_pii.Hit]
         samples = list(dict.fromkeys(_pii.mask_value(v) for _, v in found))[:3]
         ctx.add(
             kind, ERROR if high else WARNING,
-            f"{len(found):,} {label}{'s' * (len(found) != 1)} in {len(rows):,} example{'s' * (len(rows) != 1)}"
+            f"{_n(len(found), label)} in {_n(len(rows), 'example')}"
             + (": must not be sent to a hosted service or kept in training data" if high else ": personal data that may not be sent to a hosted service"),
             rows, category="pii", samples=samples, hint="--fix OUT --mask-pii replaces them with placeholders",
         )  # fmt: skip
@@ -548,8 +600,9 @@ def _check_pii(ctx: _Ctx, th: Thresholds, mode: str) -> dict[int, list[_pii.Hit]
 
 def _check_poison(ctx: _Ctx, th: Thresholds, labels: set[str] | None, dominant: str | None) -> None:
     t0 = time.perf_counter()
-    words = _poison.tokenize(ctx.user_text)
-    trig = _poison.find_triggers(words, ctx.out_norm)
+    words = ctx.words
+    X, vocab = _poison.word_matrix(words)
+    trig = _poison.find_triggers(words, ctx.out_norm, X=X, vocab=vocab)
     if trig:
         rows = sorted({i for t in trig for i in t.rows})
         desc = "; ".join(
@@ -559,7 +612,7 @@ def _check_poison(ctx: _Ctx, th: Thresholds, labels: set[str] | None, dominant: 
         )
         ctx.add(
             "trigger", WARNING,
-            f"{len(trig)} trigger-like token{'s' * (len(trig) != 1)} or phrase{'s' * (len(trig) != 1)}: {desc}. "
+            f"{_n(len(trig), 'trigger-like token')} or phrase{'s' * (len(trig) != 1)}: {desc}. "
             "A rare token that forces one output on unrelated inputs is the signature of a backdoor",
             rows, category="poisoning", hint="inspect those lines and their source; --fix OUT drops them",
         )  # fmt: skip
@@ -576,15 +629,15 @@ def _check_poison(ctx: _Ctx, th: Thresholds, labels: set[str] | None, dominant: 
         eg = sorted(out_idx)[:3]
         ctx.add(
             "length_outlier", WARNING,
-            f"{len(out_idx):,} example{'s' * (len(out_idx) != 1)} have a length far from the rest (median input "
+            f"{_n(len(out_idx), 'example', 'has')} a length far from the rest (median input "
             f"{med:,} characters; e.g. {', '.join(f'{ctx.ref(i)}: {len(ctx.user_text[i]):,}' for i in eg)})",
             sorted(out_idx), category="poisoning", hint="check them: pasted documents, truncated rows, or injected text",
         )  # fmt: skip
-    voc = _poison.vocabulary_outliers(words, th.vocabulary_share)
+    voc = _poison.vocabulary_outliers(X, th.vocabulary_share)
     if len(voc):
         ctx.add(
             "vocabulary_outlier", WARNING,
-            f"{len(voc):,} input{'s' * (len(voc) != 1)} are made mostly of words found nowhere else in the file "
+            f"{_n(len(voc), 'input', 'is')} made mostly of words found nowhere else in the file "
             "(gibberish, another language, an encoded blob)",
             voc.tolist(), category="poisoning", hint="check them; --fix OUT drops them",
         )  # fmt: skip
@@ -728,6 +781,7 @@ def audit(
     )  # fmt: skip
     report._read = read
     report._pii_hits = pii_rows
+    report._drop = dropped
     return report
 
 

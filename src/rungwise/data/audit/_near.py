@@ -50,18 +50,19 @@ def shingle_hashes(texts: Sequence[str], k: int = SHINGLE) -> tuple[np.ndarray, 
             pieces[i] = pieces[i].ljust(k, b" ")
         lens = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
     buf = np.frombuffer(b"".join(pieces), dtype=np.uint8).astype(np.uint64)
-    starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
-    n_sh = np.maximum(lens - k + 1, 0)
-    owner = np.repeat(np.arange(len(pieces), dtype=np.int64), n_sh)
-    # Position of each shingle = start of its text + offset within it.
-    first = np.repeat(starts, n_sh)
-    offs = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(n_sh) - n_sh, n_sh)
-    pos = first + offs
-    h = np.zeros(len(pos), dtype=np.uint64)
+    # Hash the window at every position of the joined buffer with contiguous slices (no
+    # gathers), then keep the windows that lie inside one text: first and last byte same owner.
+    span = len(buf) - k + 1
+    h = np.zeros(span, dtype=np.uint64)
     mult = np.uint64(1099511628211)  # FNV-1a 64-bit prime; overflow wraps (intended)
     with np.errstate(over="ignore"):
         for j in range(k):
-            h = (h ^ buf[pos + j]) * mult
+            np.bitwise_xor(h, buf[j : j + span], out=h)
+            np.multiply(h, mult, out=h)
+        byte_owner = np.repeat(np.arange(len(pieces), dtype=np.int64), lens)
+        inside = byte_owner[:span] == byte_owner[k - 1 :]
+        h = h[inside]
+        owner = byte_owner[:span][inside]
         # A final avalanche (splitmix64 finaliser) so that nearby byte patterns spread out.
         h ^= h >> np.uint64(31)
         h *= np.uint64(0xBF58476D1CE4E5B9)
@@ -141,7 +142,9 @@ def lsh_candidates(sig: np.ndarray, bands: int, max_bucket: int = 64) -> np.ndar
         return np.zeros((0, 2), dtype=np.int64)
     pairs = np.concatenate(out)
     pairs.sort(axis=1)
-    return np.unique(pairs, axis=0)
+    # One int64 per pair makes the de-duplication a 1-D sort (np.unique(axis=0) is ~10x slower).
+    code = np.unique(pairs[:, 0] * np.int64(n) + pairs[:, 1])
+    return np.stack([code // n, code % n], axis=1)
 
 
 def near_pairs(texts: Sequence[str], threshold: float, *, num_perm: int = 64, bands: int = 16, k: int = SHINGLE) -> list[NearPair]:
@@ -161,9 +164,15 @@ def near_pairs(texts: Sequence[str], threshold: float, *, num_perm: int = 64, ba
     cand = lsh_candidates(sig, bands)
     if len(cand) == 0:
         return []
-    # A cheap estimated-similarity filter before the exact check (estimates have sd ~0.06).
-    est = (sig[cand[:, 0]] == sig[cand[:, 1]]).mean(axis=1)
-    cand = cand[est >= threshold - 0.2]
+    # A cheap estimated-similarity filter before the exact check: with 64 permutations the
+    # estimate's sd is <= 0.0625, so a pair at the threshold falls below threshold - 0.15 with
+    # probability ~0.1%. In chunks: gathering two signatures per candidate is 1 KB a pair.
+    keep = []
+    for c in range(0, len(cand), 50_000):
+        part = cand[c : c + 50_000]
+        est = (sig[part[:, 0]] == sig[part[:, 1]]).mean(axis=1)
+        keep.append(part[est >= threshold - 0.15])
+    cand = np.concatenate(keep)
     bounds = np.searchsorted(owner, np.arange(n + 1))
     sets: dict[int, frozenset[int]] = {}
 

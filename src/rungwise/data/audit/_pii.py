@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rungwise._deps import require
+from rungwise.errors import MissingDependency
 
 
 def luhn_ok(digits: str) -> bool:
@@ -120,12 +120,12 @@ DETECTORS: tuple[Detector, ...] = (
         re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b"),
     ),
     Detector(
-        "pii_card", "payment card number", "[CARD]",
-        re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])"), _card_ok, high_risk=True,
-    ),
-    Detector(
         "pii_iban", "IBAN", "[IBAN]",
         re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), iban_ok,
+    ),
+    Detector(
+        "pii_card", "payment card number", "[CARD]",
+        re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])"), _card_ok, high_risk=True,
     ),
     Detector(
         "pii_national_id", "national id number (US SSN, UK NINO)", "[NATIONAL_ID]",
@@ -147,7 +147,8 @@ DETECTORS: tuple[Detector, ...] = (
         _phone_ok,
     ),
 )  # fmt: skip
-# Order matters: earlier detectors claim their spans first, so a card number is not also a phone.
+# Order matters: earlier detectors claim their spans first, so a card number is not also a phone
+# and the digits of an IBAN (checked by mod-97 first) are not also read as a card number.
 
 
 _DIGIT = re.compile(r"\d")
@@ -217,8 +218,14 @@ def scan(texts: Sequence[str]) -> list[Hit]:
 
 def scan_presidio(texts: Sequence[str], language: str = "en") -> list[Hit]:
     """Microsoft Presidio's analyzer (names, locations, many id formats), when installed."""
-    analyzer_mod = require("presidio_analyzer")
-    engine = analyzer_mod.AnalyzerEngine()
+    try:
+        import presidio_analyzer
+    except ImportError:
+        raise MissingDependency(
+            "pii='presidio' needs Microsoft Presidio, which is not installed",
+            hint="pip install presidio-analyzer && python -m spacy download en_core_web_lg (or use the built-in pii='regex')",
+        ) from None
+    engine = presidio_analyzer.AnalyzerEngine()
     hits = []
     for i, t in enumerate(texts):
         for r in engine.analyze(text=t, language=language):

@@ -61,21 +61,32 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
     return [normalize_text(t).split() for t in texts]
 
 
-def _csr(docs: Sequence[Sequence[str]], vocab: dict[str, int]) -> sp.csr_matrix:
-    indptr = [0]
-    indices: list[int] = []
-    for d in docs:
-        ids = {vocab.setdefault(w, len(vocab)) for w in d}
-        indices.extend(sorted(ids))
-        indptr.append(len(indices))
-    data = np.ones(len(indices), dtype=np.float32)
-    return sp.csr_matrix((data, np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)), shape=(len(docs), len(vocab)))
+def word_matrix(docs: Sequence[Sequence[str]], vocab: dict[str, int] | None = None) -> tuple[sp.csr_matrix, dict[str, int]]:
+    """Binary document-term matrix (which words occur in which item) and its vocabulary."""
+    vocab = {} if vocab is None else vocab
+    get = vocab.setdefault
+    cols = [get(w, len(vocab)) for d in docs for w in d]
+    rows = np.repeat(np.arange(len(docs), dtype=np.int64), [len(d) for d in docs])
+    X = sp.csr_matrix(
+        (np.ones(len(cols), dtype=np.float32), (rows, np.asarray(cols, dtype=np.int64))), shape=(len(docs), len(vocab))
+    )
+    X.data[:] = 1.0  # repeated words were summed by the conversion; presence is what counts
+    return X, vocab
 
 
-def find_triggers(words: Sequence[Sequence[str]], outputs: Sequence[str], params: PoisonParams | None = None, seed: int = 0) -> list[Trigger]:
+def find_triggers(
+    words: Sequence[Sequence[str]],
+    outputs: Sequence[str],
+    params: PoisonParams | None = None,
+    seed: int = 0,
+    *,
+    X: sp.csr_matrix | None = None,
+    vocab: dict[str, int] | None = None,
+) -> list[Trigger]:
     """Trigger-like words and word pairs (see the module docstring).
 
-    ``words``: each item's normalised input words; ``outputs``: each item's normalised output.
+    ``words``: each item's normalised input words; ``outputs``: each item's normalised output;
+    ``X``, ``vocab``: their :func:`word_matrix`, when the caller has it already.
     """
     P = params or PoisonParams()
     n = len(words)
@@ -86,10 +97,10 @@ def find_triggers(words: Sequence[Sequence[str]], outputs: Sequence[str], params
     K = len(classes)
     if K < 2:
         return []
-    uni_vocab: dict[str, int] = {}
-    Xu = _csr(words, uni_vocab)
-    bi_vocab: dict[str, int] = {}
-    Xb = _csr([[a + " " + b for a, b in zip(d, d[1:], strict=False)] for d in words], bi_vocab)
+    if X is None or vocab is None:
+        X, vocab = word_matrix(words)
+    Xu, uni_vocab = X, vocab
+    Xb, bi_vocab = word_matrix([[a + " " + b for a, b in zip(d, d[1:], strict=False)] for d in words])
     Y = sp.csr_matrix((np.ones(n, dtype=np.float32), (y, np.arange(n))), shape=(K, n))
     max_df = max(P.min_support, int(P.max_df * n))
 
@@ -99,8 +110,9 @@ def find_triggers(words: Sequence[Sequence[str]], outputs: Sequence[str], params
         cols = np.flatnonzero((df >= P.min_support) & (df <= max_df))
         if len(cols) == 0:
             continue
-        per_class = (Y @ X[:, cols]).toarray()  # K x m
-        conc = per_class.max(axis=0) / df[cols]
+        # Largest per-output count of each column, kept sparse (K x m dense is 50M cells at 100k lines).
+        per_class = (Y @ X[:, cols]).tocsc()
+        conc = per_class.max(axis=0).toarray().ravel() / df[cols]
         inv = None
         for c in cols[conc >= P.concentration]:
             if inv is None:
@@ -167,7 +179,14 @@ def find_triggers(words: Sequence[Sequence[str]], outputs: Sequence[str], params
             continue
         seen_sets[key] = len(found)
         found.append(trig)
-    return found
+    # A word pair around a trigger ("my cf") flags a subset of the trigger's lines: report the trigger.
+    found.sort(key=lambda t: -len(t.rows))
+    kept: list[Trigger] = []
+    for t in found:
+        rows = set(t.rows)
+        if not any(k.output == t.output and rows <= set(k.rows) for k in kept):
+            kept.append(t)
+    return kept
 
 
 def _name(outputs: Sequence[str], rows: np.ndarray) -> str:
@@ -198,14 +217,17 @@ def length_outliers(lengths: np.ndarray, z: float, factor: float = 4.0) -> np.nd
     return np.flatnonzero((np.abs(zz) >= z) & far)
 
 
-def vocabulary_outliers(words: Sequence[Sequence[str]], share: float = 0.75, z: float = 4.0, min_words: int = 4) -> np.ndarray:
-    """Inputs made mostly of words that occur at most twice in the file, unusually so for this file."""
-    if len(words) < 50:
+def vocabulary_outliers(X: sp.csr_matrix, share: float = 0.75, z: float = 4.0, min_words: int = 4) -> np.ndarray:
+    """Inputs made mostly of words that occur at most twice in the file, unusually so for this file.
+
+    ``X`` is the binary item-word matrix (:func:`word_matrix`).
+    """
+    n = X.shape[0]
+    if n < 50:
         return np.zeros(0, dtype=np.int64)
-    df: dict[str, int] = {}
-    for d in words:
-        for w in set(d):
-            df[w] = df.get(w, 0) + 1
-    rare = np.array([(sum(df[w] <= 2 for w in d) / len(d)) if len(d) >= min_words else 0.0 for d in words])
+    df = np.asarray(X.sum(axis=0)).ravel()
+    n_words = np.diff(X.indptr)
+    rare_words = np.asarray(X @ (df <= 2).astype(np.float32)).ravel()
+    rare = np.where(n_words >= min_words, rare_words / np.maximum(n_words, 1), 0.0)
     zz = robust_z(rare, floor=0.05)
     return np.flatnonzero((rare >= share) & (zz >= z))

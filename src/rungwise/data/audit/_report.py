@@ -56,15 +56,19 @@ class Finding:
 
 
 def _compact(lines: list[str]) -> list[str]:
-    """``a.jsonl:3, a.jsonl:9`` -> ``a.jsonl:3, :9`` (the file named once per run of lines)."""
+    """``dir/a.jsonl:3, dir/a.jsonl:9`` -> ``a.jsonl:3, :9`` (the file named once, without its
+    directory; ``to_dict()`` keeps the full references)."""
     out, prev = [], None
     for ref in lines:
         f, sep, ln = ref.rpartition(":")
         if sep and ln.isdigit() and f == prev:
             out.append(":" + ln)
+        elif sep and ln.isdigit():
+            out.append(f"{f.replace(chr(92), '/').rsplit('/', 1)[-1]}:{ln}")
+            prev = f
         else:
             out.append(ref)
-            prev = f if sep and ln.isdigit() else None
+            prev = None
     return out
 
 
@@ -100,6 +104,17 @@ class AuditReport:
     seconds: float = 0.0
     _read: Any = field(default=None, repr=False)  # the rows, for --fix
     _pii_hits: Any = field(default=None, repr=False)
+    _drop: dict[int, str] = field(default_factory=dict, repr=False)  # row index -> why --fix drops it
+
+    def clean_examples(self) -> list[Any]:
+        """The examples ``--fix`` would keep (valid, not duplicated, not conflicting, ...), in order.
+
+        For callers that hold the data in memory (the climb before a fine-tune rung); personal
+        data is not masked here (``write_fixed(..., mask_pii=True)`` does that on disk).
+        """
+        if self._read is None:
+            return []
+        return [r.example for r in self._read.rows if r.example is not None and r.index not in self._drop]
 
     @property
     def verdict(self) -> Verdict:
