@@ -770,7 +770,7 @@ def audit(
     else:
         sev, why = INFO, band.meaning
     ctx.add(
-        "size", sev, f"{n_clean:,} clean examples ({band.name}): {why}", category="size", count=n_clean,
+        "size", sev, f"{_n(n_clean, 'clean example')} ({band.name}): {why}", category="size", count=n_clean,
         hint="collect more examples" if sev != INFO else "",
     )  # fmt: skip
     ctx.stats["timings"] = {k: round(v, 3) for k, v in ctx.timings.items()}

@@ -88,7 +88,7 @@ class AuditReport:
 
     Example:
         >>> report = audit("train.jsonl")  # doctest: +SKIP
-        >>> report.verdict, report.exit_code
+        >>> report.verdict, report.exit_code  # doctest: +SKIP
         ('ready_with_warnings', 1)
         >>> print(report.to_markdown())  # doctest: +SKIP
     """

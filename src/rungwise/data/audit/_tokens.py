@@ -120,7 +120,7 @@ def count_tokens(examples: Sequence[Example], *, tokenizer: Any = None, system: 
 
     >>> tc = count_tokens([Example("What is my balance?", "balance")])
     >>> int(tc.total[0]), tc.method
-    (20, 'estimate (chars/4)')
+    (18, 'estimate (chars/4)')
     """
     per_ex: list[list[str]] = []
     outs: list[str] = []
