@@ -266,26 +266,31 @@ def test_busy_port_is_a_clear_error() -> None:
 # -- from a task / the CLI -------------------------------------------------------------------
 
 
-def test_prompt_for_falls_back_to_zero_shot_without_the_rungs_api(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delattr(rungwise.rungs, "prompt_for", raising=False)
+def test_prompt_for_builds_or_loads_the_rung_prompt(tmp_path: Path) -> None:
+    from rungwise.backends.scripted import ScriptedBackend
+    from rungwise.climb import climb
+
     task = load_task(write_task(tmp_path))
     assert serve.prompt_for(task, "zero_shot") == PromptTemplate(system_prompt(task.instructions, task.labels))
-    with pytest.raises(Unsupported, match="few_shot"):
-        serve.prompt_for(task, "few_shot")
+    built = serve.prompt_for(task, "few_shot")
+    assert isinstance(built, PromptTemplate) and len(built.demos) == task.rungs.few_shot.k
+    # a measured run's stored prompt is what gets served
+    run = climb(task, all_rungs=True, backend=ScriptedBackend({"default": "billing"}))
+    stored = serve.prompt_for(task, "few_shot", run.run_id)
+    assert stored == built and [list(d) for d in stored.demos] == run.rungs[1].artifact["prompt"]["demos"]
     with pytest.raises(ConfigError, match="rag"):
         serve.prompt_for(task, "rag")
+    only_zero = climb(task, rungs=["zero_shot"], backend=ScriptedBackend({"default": "billing"}))
+    with pytest.raises(ConfigError, match="has no rung 'few_shot'"):
+        serve.prompt_for(task, "few_shot", only_zero.run_id)
 
 
-def test_prompt_for_delegates_to_the_rungs_api_when_present(tmp_path: Path, monkeypatch) -> None:
-    seen: list[Any] = []
-
-    def fake(task, rung, run_id=None):  # type: ignore[no-untyped-def]
-        seen.append((rung, run_id))
-        return TEMPLATE
-
-    monkeypatch.setattr(rungwise.rungs, "prompt_for", fake, raising=False)
-    assert serve.prompt_for(load_task(write_task(tmp_path)), "few_shot", 4) == TEMPLATE
-    assert seen == [("few_shot", 4)]
+def test_prompt_for_nearest_neighbour_picks_demos_per_conversation(tmp_path: Path) -> None:
+    task = load_task(write_task(tmp_path, rungs={"order": ["few_shot"], "few_shot": {"k": 2, "strategy": "nearest"}}))
+    pick = serve.prompt_for(task, "few_shot")
+    assert callable(pick)
+    tpl = pick([{"role": "user", "content": "my invoice charge is wrong"}])
+    assert len(tpl.demos) == 2 and all("invoice" in d[0] for d in tpl.demos)
 
 
 def _cli() -> typer.Typer:
@@ -304,7 +309,6 @@ def _cli() -> typer.Typer:
 def test_cli_serves_the_task_over_http(tmp_path: Path, monkeypatch) -> None:
     """`rungwise serve task.yaml --port 0` end to end, with uvicorn's blocking run swapped for a
     background server so the test can call it and return."""
-    monkeypatch.delattr(rungwise.rungs, "prompt_for", raising=False)
     task_path = write_task(tmp_path)
     answers: list[str] = []
 

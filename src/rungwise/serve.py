@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rungwise._deps import require
 from rungwise.backends.base import Backend
 from rungwise.errors import BackendError, ConfigError, RungwiseError, Unsupported
-from rungwise.prompting import PromptTemplate, system_prompt
+from rungwise.prompting import PromptTemplate
 from rungwise.types import Chat, Completion, GenParams
 
 if TYPE_CHECKING:
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 #: A fixed prompt, or a function choosing one per conversation (e.g. nearest-neighbour demos).
 TemplateLike = PromptTemplate | Callable[[Chat], PromptTemplate]
 
-PROMPT_RUNGS = ("zero_shot", "few_shot")
 
 
 # -- request schema (the subset of OpenAI's that a text chat model can honour) ---------------
@@ -576,24 +575,23 @@ def background(app: "FastAPI", host: str = "127.0.0.1", port: int = 0, *, startu
 # -- from a task -----------------------------------------------------------------------------
 
 
-def prompt_for(task: "Task", rung: str = "zero_shot", run_id: int | str | None = None) -> PromptTemplate:
-    """The prompt a rung serves: the rungs module's stored/built artifact where it provides one
-    (``rungwise.rungs.prompt_for``), else the zero-shot prompt built from the task."""
-    try:
-        from rungwise.rungs import prompt_for as rungs_prompt_for  # type: ignore[attr-defined]
-    except ImportError:
-        rungs_prompt_for = None
-    if rungs_prompt_for is not None:
-        return rungs_prompt_for(task, rung, run_id)
-    if rung not in PROMPT_RUNGS:
-        raise ConfigError(f"unknown or unservable rung {rung!r}", hint=f"use --rung {' or --rung '.join(PROMPT_RUNGS)}")
-    if rung != "zero_shot" or run_id is not None:
-        raise Unsupported(
-            f"serving rung {rung!r}{f' of run {run_id}' if run_id is not None else ''} needs the stored rung "
-            "artifacts (rungwise.rungs.prompt_for), which this version lacks",
-            hint="serve --rung zero_shot without --run",
-        )
-    return PromptTemplate(system_prompt(task.instructions, task.labels))
+def prompt_for(task: "Task", rung: str = "zero_shot", run_id: int | str | None = None) -> TemplateLike:
+    """The prompt a rung serves: its stored artifact (``run_id``) or the one rebuilt from the
+    task's train split. Rungs whose prompt depends on the input (nearest-neighbour demos) give a
+    function of the conversation, built over the same train split as in the climb."""
+    from rungwise.rungs import prepared_for
+    from rungwise.types import Example
+
+    prepared = prepared_for(task, rung, int(run_id) if run_id is not None else None)
+    if prepared.per_example is None:
+        return prepared.template
+    pick = prepared.per_example
+
+    def per_chat(chat: Chat) -> PromptTemplate:
+        user = [m["content"] for m in chat if m["role"] == "user"]
+        return pick(Example(input=user[-1] if user else "", output=""))
+
+    return per_chat
 
 
 def load_backend(spec: "ModelSpec", adapter: str | Path | None = None) -> Backend:
