@@ -272,6 +272,8 @@ def _make_loss_module(model: Any) -> Any:
         def forward(self, input_ids: Any, labels: Any, attention_mask: Any = None, position_ids: Any = None) -> Any:
             target = labels[:, 1:]
             mask = target != -100
+            # use_cache=False matters beyond memory: transformers derives the block-diagonal mask of
+            # packed rows from position resets only when no KV cache is passed around.
             kw = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
             if plain:
                 logits = self.model(**kw).logits[:, :-1][mask]

@@ -1,0 +1,221 @@
+"""The fine-tuning loop on a tiny Llama built in the test: learning, masking, packing, resume,
+early stopping, artifacts, and the tuned backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rungwise.errors import ConfigError, Unsupported
+from rungwise.task import task_from_dict
+from rungwise.train.data import collate, encode_examples
+from rungwise.train.trainer import FinetuneResult, finetune, load_tuned_backend, load_tuned_model
+from rungwise.types import Example
+
+pytestmark = pytest.mark.model
+
+LABELS = ["refund", "shipping", "account"]
+WORDS = {"refund": "money back please", "shipping": "where is my parcel", "account": "cannot log in"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Path:
+    """The shared tiny Llama with larger initial weights: with the default 0.02 its logits are
+    almost uniform and frozen, so LoRA could barely move the loss in a few steps."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("tiny-trainable")
+    cfg = AutoConfig.from_pretrained(tiny_llama_dir)
+    cfg.initializer_range = 0.2
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(d)
+    return d
+
+
+def _data(n: int) -> list[Example]:
+    out = []
+    for i in range(n):
+        lab = LABELS[i % 3]
+        out.append(Example(input=f"{WORDS[lab]} order {i}", output=lab, label=lab, source=f"d.jsonl:{i + 1}"))
+    return out
+
+
+def _task(model_dir: Path, **ft: Any):
+    base = {"batch_size": 4, "learning_rate": 2e-2, "val_min": 4, "val_fraction": 0.2, "warmup_ratio": 0.0}
+    return task_from_dict(
+        {
+            "name": "t",
+            "data": {"path": "d.jsonl"},
+            "labels": LABELS,
+            "model": {"id": str(model_dir), "dtype": "float32"},
+            "rungs": {"finetune": {**base, **ft}},
+        }
+    )
+
+
+def _adapter(res: FinetuneResult) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(res.adapter_dir) / "adapter_model.safetensors"))
+
+
+def test_lora_learns_and_writes_a_safetensors_adapter(tiny: Path, tmp_path: Path) -> None:
+    task = _task(tiny, max_steps=10, eval_every=5)
+    res = finetune(task, _data(30), tmp_path / "ft", system_prompt="Route it.", progress=False)
+    losses = [h["train_loss"] for h in res.history]
+    assert len(losses) == 10 and losses[-1] < losses[0] * 0.7
+    assert res.n_train == 24 and res.n_val == 6 and res.steps == 10 and res.best_val_loss is not None
+    files = {p.name for p in Path(res.adapter_dir).iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    assert json.loads((Path(res.adapter_dir) / "adapter_config.json").read_text())["r"] == 16
+    # resume state is cleaned up; the data trained on is kept for `rungwise export`
+    assert not (tmp_path / "ft" / "checkpoint").exists()
+    lines = (tmp_path / "ft" / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 24 and json.loads(lines[0])["messages"][0] == {"role": "system", "content": "Route it."}
+    assert res.tokens_per_s > 0 and res.peak_mem_mb > 0 and res.train_tokens > 0
+    # A second call with the same data and settings returns the finished run without training.
+    again = finetune(task, _data(30), tmp_path / "ft", system_prompt="Route it.", progress=False)
+    assert again.train_seconds == res.train_seconds and again.history == res.history
+
+
+def test_loss_is_the_mean_over_answer_tokens_like_hf(tiny: Path) -> None:
+    """The head-only-on-answers loss equals the standard causal-LM loss with masked prompts."""
+    import torch
+
+    from rungwise import models
+    from rungwise.train.trainer import _make_loss_module
+
+    model, tok = models.load_causal_lm(models.resolve(str(tiny)))
+    enc, _ = encode_examples(tok, _data(5), "sys", 128)
+    b = collate(enc, tok.pad_token_id, packing=False)
+    loss_sum, n = _make_loss_module(model)(**b)
+    with torch.no_grad():
+        ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+    assert n.item() == sum(e.n_label_tokens for e in enc) - 0  # shift: the first token is never labelled
+    assert torch.allclose(loss_sum / n, ref, atol=1e-5)
+    # Changing only prompt tokens' labels cannot change the loss: they are masked.
+    assert all(lab == -100 for e in enc for lab in e.labels[:5])
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny: Path) -> None:
+    import torch
+
+    from rungwise import models
+    from rungwise.train.trainer import _make_loss_module
+
+    model, tok = models.load_causal_lm(models.resolve(str(tiny)))
+    enc, _ = encode_examples(tok, _data(3), "sys", 128)
+    packed = collate(enc, tok.pad_token_id, packing=True)
+    with torch.no_grad():
+        # use_cache=False as in the trainer: with a KV cache transformers skips packed-sequence masking.
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for e in enc:
+            alone = model(input_ids=torch.tensor([e.input_ids])).logits[0]
+            assert torch.allclose(logits[start : start + len(e)], alone, atol=1e-4)
+            start += len(e)
+        lm = _make_loss_module(model)
+        s_packed, n_packed = lm(**packed)
+        s_padded, n_padded = lm(**collate(enc, tok.pad_token_id, packing=False))
+    assert n_packed == n_padded and torch.allclose(s_packed, s_padded, rtol=1e-4)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny: Path, tmp_path: Path) -> None:
+    # dropout > 0: the resumed run must also restore the random state to match
+    task = _task(tiny, max_steps=6, eval_every=2, dropout=0.1, early_stopping_patience=None)
+    data = _data(30)
+    full = finetune(task, data, tmp_path / "a", system_prompt="", progress=False)
+
+    def stop_at_3(step: int, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(task, data, tmp_path / "b", system_prompt="", progress=False, on_step=stop_at_3)
+    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3 and not (tmp_path / "b" / "result.json").exists()
+    resumed = finetune(task, data, tmp_path / "b", system_prompt="", progress=False)
+    assert resumed.resumed_from_step == 3 and resumed.steps == 6
+    a, b = _adapter(full), _adapter(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() < 1e-6, k
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history], rel=1e-6)
+    # Other settings with a stale checkpoint in the way: a clear error, not a silent mix.
+    with pytest.raises(KeyboardInterrupt):
+        finetune(task, data, tmp_path / "c", system_prompt="", progress=False, on_step=stop_at_3)
+    with pytest.raises(ConfigError, match="no-resume"):
+        finetune(_task(tiny, max_steps=6, learning_rate=1e-3), data, tmp_path / "c", system_prompt="", progress=False)
+
+
+def test_early_stopping_keeps_the_best_validated_weights(tiny: Path, tmp_path: Path) -> None:
+    import torch
+
+    from rungwise import models
+    from rungwise.train.trainer import _make_loss_module
+
+    # A learning rate far too high: validation loss gets worse after the first evaluations.
+    task = _task(tiny, max_steps=30, eval_every=1, learning_rate=0.3, early_stopping_patience=2, bf16=False)
+    data = _data(30)
+    res = finetune(task, data, tmp_path / "ft", system_prompt="", progress=False)
+    vals = [h["val_loss"] for h in res.history]
+    assert res.stopped_early and res.steps < 30
+    assert res.best_val_loss == min(vals) and res.best_step < res.steps
+    # The saved adapter is the best one: its validation loss is the best validation loss.
+    model, tok = load_tuned_model(res, task, merge=False)
+    val = [Example(input=r["messages"][-2]["content"], output=r["messages"][-1]["content"])
+           for r in map(json.loads, (tmp_path / "ft" / "val.jsonl").read_text().splitlines())]
+    enc, _ = encode_examples(tok, val, "", 512)
+    with torch.no_grad():
+        s, n = _make_loss_module(model)(**collate(enc, tok.pad_token_id, packing=False))
+    assert float(s / n) == pytest.approx(res.best_val_loss, rel=1e-4)
+    del models
+
+
+def test_tuned_backend_prefers_the_trained_answers(tiny: Path, tmp_path: Path) -> None:
+    from rungwise.backends.local import LocalBackend
+
+    task = _task(tiny, max_steps=12, eval_every=12)
+    res = finetune(task, _data(30), tmp_path / "ft", system_prompt="Route it.", progress=False)
+    tuned = load_tuned_backend(tmp_path / "ft", task)  # from the directory, as `rungwise serve` does
+    base = LocalBackend.load(str(tiny), dtype="float32", device="cpu")
+    prompts = [[{"role": "system", "content": "Route it."}, {"role": "user", "content": f"{WORDS[lab]} order 99"}] for lab in LABELS]
+    choices = [LABELS] * 3
+    lt, lb = tuned.loglikelihood(prompts, choices), base.loglikelihood(prompts, choices)
+    for i, lab in enumerate(LABELS):
+        j = LABELS.index(lab)
+        assert lt[i][j] > lb[i][j]  # the right label became more likely
+    out = tuned.generate(prompts[:1], task.model.params.to_params())
+    assert out[0].prompt_tokens > 0
+    assert res.adapter_dir and tuned.model_id.startswith("local:")
+
+
+def test_full_finetune_writes_a_full_safetensors_model(tiny: Path, tmp_path: Path) -> None:
+    task = _task(tiny, method="full", max_steps=2, learning_rate=1e-4)
+    res = finetune(task, _data(12), tmp_path / "ft", system_prompt="", progress=False)
+    assert res.adapter_dir is None and res.hyperparameters["learning_rate"] == 1e-4
+    files = {p.name for p in Path(res.model_dir).iterdir()}
+    assert "config.json" in files and any(f.endswith(".safetensors") for f in files)
+    model, _ = load_tuned_model(res, task)
+    assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+def test_qlora_without_cuda_is_a_clear_error(tiny: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: QLoRA is supported here")
+    with pytest.raises(Unsupported) as e:
+        finetune(_task(tiny, method="qlora"), _data(12), tmp_path / "ft", system_prompt="", progress=False)
+    assert "CUDA" in str(e.value) and "method: lora" in str(e.value)
+
+
+def test_unknown_target_module_is_a_config_error(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="target_modules"):
+        finetune(_task(tiny, target_modules=["no_such_proj"]), _data(12), tmp_path / "ft", system_prompt="", progress=False)
