@@ -1,0 +1,581 @@
+"""The ``local`` backend: a transformers causal LM on this machine.
+
+Three things make it fast on a CPU without changing what greedy decoding answers:
+
+* **Batching with left padding.** Prompts are sorted by length inside a call (less padding) and
+  answered ``batch_size`` at a time; results come back in the caller's order.
+* **bf16** where the CPU (avx512_bf16 / AMX) or GPU supports it (``dtype: auto``). Weights are
+  converted once (``model.to(bfloat16)``): measured on this 2-core CPU that is faster than
+  ``torch.autocast``, which re-casts every weight matrix at every decoding step.
+* **A shared-prefix KV cache.** The system prompt and a fixed demo block are the same for every
+  prompt of a rung, so their keys/values are computed once and copied into each batch; only each
+  prompt's own suffix is run through the model. A batch is laid out as
+  ``[prefix][left padding][suffix]`` with attention mask 0 on the padding, so position ids (the
+  mask's cumulative sum) stay those of the unpadded prompt.
+
+Greedy outputs with the prefix cache are the same token ids as without it (fp32; tested), and a
+padded batch answers like batch size 1.
+
+Example:
+    >>> from rungwise.backends.local import LocalBackend  # doctest: +SKIP
+    >>> b = LocalBackend.load("smollm2-135m-instruct")  # doctest: +SKIP
+    >>> b.generate([[{"role": "user", "content": "Capital of France?"}]], GenParams(max_tokens=8))[0].text  # doctest: +SKIP
+    'The capital of France is Paris.'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rungwise._deps import require
+from rungwise.backends.base import Backend, ProgressFn
+from rungwise.errors import BackendError
+from rungwise.types import Chat, Completion, GenParams
+
+if TYPE_CHECKING:
+    from rungwise.task import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# A prefix shorter than this is not worth a separate forward pass and a cache copy per batch.
+MIN_PREFIX_TOKENS = 16
+# Prefix caches kept across calls (a rung often calls generate() once per chunk of examples).
+PREFIX_CACHE_ENTRIES = 2
+
+
+@dataclass
+class _Prefix:
+    """KV cache of a token prefix shared by all prompts of a call, per layer (batch size 1)."""
+
+    ids: tuple[int, ...]
+    kv: list[tuple[Any, Any]]  # (keys, values), each [1, kv_heads, len, head_dim]
+    seconds: float  # time it took to compute (charged to the call that computed it)
+
+
+class LocalBackend(Backend):
+    """Batched greedy (or sampled) generation and choice scoring with a local transformers model.
+
+    Build it from a task's ``model`` section with :meth:`from_spec`, from a model id with
+    :meth:`load`, or around an already loaded ``(model, tokenizer)`` (e.g. a PEFT model being
+    fine-tuned): the constructor never changes the model's weights or dtype.
+
+    ``latency_s`` of a completion is the wall time of the batch that answered it (what a request
+    served in that batch waits), with the one-time prefix computation split evenly over the
+    call's batches. ``cached_tokens`` is the number of prompt tokens whose keys/values came from
+    the shared prefix cache (computed at most once per call, reused across calls).
+
+    Example:
+        >>> model, tok = load_causal_lm(resolve("smollm2-135m-instruct"))  # doctest: +SKIP
+        >>> b = LocalBackend(model, tok, model_id="local:mine", batch_size=8)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_id: str = "local:custom",
+        batch_size: int = 8,
+        prefix_cache: bool = True,
+        autocast_dtype: Any = None,
+        fast_attention: bool = True,
+    ) -> None:
+        """``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the model under ``torch.autocast``
+        without converting its weights: for a model that is still being trained in fp32.
+        ``fast_attention`` swaps in :func:`gqa_decode_attention` on a CPU
+        (only during this backend's calls; the model is left as it was)."""
+        if batch_size < 1:
+            raise BackendError(f"batch_size must be at least 1, got {batch_size}", hint="set model.batch_size: 8")
+        self.torch = require("torch")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.batch_size = batch_size
+        self.prefix_cache = prefix_cache
+        self.autocast_dtype = autocast_dtype
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.eos_ids = self._eos_ids()
+        self._prefixes: OrderedDict[tuple[Any, ...], _Prefix] = OrderedDict()
+        self._static_ok: bool | None = None
+        cfg = getattr(model, "config", None)
+        self._fast_attention = (
+            fast_attention
+            and self.device.type == "cpu"
+            and getattr(cfg, "_attn_implementation", None) == "sdpa"
+            and hasattr(model, "set_attn_implementation")
+        )
+        if self._fast_attention:
+            _register_attention()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def load(
+        cls,
+        model_id: str,
+        *,
+        gguf_file: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        batch_size: int = 8,
+        prefix_cache: bool = True,
+        trust_remote_code: bool = False,
+    ) -> LocalBackend:
+        """Resolve ``model_id`` (embedded default, directory, .gguf file or hub id) and load it offline.
+
+        Raises :class:`BackendError` with a hint when the model cannot be found or loaded.
+        """
+        from rungwise import models
+
+        rm = models.resolve(model_id, gguf_file)
+        dev = models.pick_device(device)
+        model, tok = models.load_causal_lm(
+            rm, dtype=models.pick_dtype(dtype, dev), device=dev, trust_remote_code=trust_remote_code
+        )
+        return cls(model, tok, model_id="local:" + rm.display, batch_size=batch_size, prefix_cache=prefix_cache)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> LocalBackend:
+        """Build the backend a task's ``model`` section describes."""
+        return cls.load(
+            spec.id,
+            gguf_file=spec.gguf_file,
+            dtype=spec.dtype,
+            device=spec.device,
+            batch_size=spec.batch_size,
+            prefix_cache=spec.prefix_cache,
+            trust_remote_code=spec.trust_remote_code,
+        )
+
+    def _eos_ids(self) -> list[int]:
+        ids: list[int] = []
+        gc = getattr(self.model, "generation_config", None)
+        for v in (getattr(gc, "eos_token_id", None), self.tokenizer.eos_token_id):
+            for i in v if isinstance(v, (list, tuple)) else [v]:
+                if i is not None and int(i) not in ids:
+                    ids.append(int(i))
+        return ids
+
+    # ------------------------------------------------------------------ prompts
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    def _render(self, chat: Sequence[Any], generation_prompt: bool = True) -> str:
+        """Chat messages -> prompt text with the tokenizer's chat template.
+
+        A tokenizer without a chat template (a base model) gets a plain ``role: content`` layout.
+        """
+        msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in chat]
+        if getattr(self.tokenizer, "chat_template", None):
+            try:
+                return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+            except Exception as exc:  # jinja2 TemplateError: e.g. a template that forbids system turns
+                raise BackendError(
+                    f"{self.model_id}: the chat template rejected the prompt: {exc}",
+                    hint="this model's template may not accept a system turn or non-alternating turns; "
+                    "move the instructions into the user message or use another model",
+                ) from None
+        text = "".join(f"{m['role']}: {m['content']}\n\n" for m in msgs)
+        return text + ("assistant:" if generation_prompt else "")
+
+    def _encode(self, text: str) -> list[int]:
+        # The chat template already wrote every special token (BOS included where the model uses one).
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _check_chat(self, i: int, chat: Any) -> None:
+        if not isinstance(chat, (list, tuple)) or not chat:
+            raise BackendError(f"prompt {i}: expected a non-empty list of chat messages, got {type(chat).__name__}")
+        for m in chat:
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise BackendError(
+                    f"prompt {i}: each message must be a dict with 'role' and 'content', got {m!r:.80}",
+                    hint='write messages like {"role": "user", "content": "..."}',
+                )
+
+    def _context_limit(self) -> int | None:
+        cfg = getattr(self.model, "config", None)
+        n = getattr(cfg, "max_position_embeddings", None) if cfg is not None else None
+        return int(n) if n else None
+
+    # ------------------------------------------------------------------ shared prefix
+
+    def _boundaries(self, chat: Sequence[Any], ids: Sequence[int]) -> list[int]:
+        """Token offsets in ``ids`` where a whole message ends (the places a prefix may be cut)."""
+        out = []
+        for k in range(1, len(chat)):
+            try:
+                part = self._encode(self._render(chat[:k], generation_prompt=False))
+            except BackendError:
+                continue
+            if 0 < len(part) <= len(ids) and list(ids[: len(part)]) == part:
+                out.append(len(part))
+        return out
+
+    def _shared_prefix_len(self, chats: Sequence[Any], ids: Sequence[Sequence[int]]) -> int:
+        """Length of the token prefix all prompts share, cut back to the end of a whole message.
+
+        The cut at a message boundary makes the prefix (system prompt + demo block) the same from
+        one call to the next, so its cache is reused across calls; at least one token of every
+        prompt stays outside it so that the model produces logits for each prompt.
+        """
+        if not self.prefix_cache or not ids:
+            return 0
+        first = ids[0]
+        limit = min(len(x) for x in ids) - 1
+        n = 0
+        while n < limit and all(x[n] == first[n] for x in ids):
+            n += 1
+        if n < MIN_PREFIX_TOKENS:
+            return 0
+        cuts = [b for b in self._boundaries(chats[0], first) if b <= n]
+        best = max(cuts, default=0)
+        return best if best >= MIN_PREFIX_TOKENS else 0
+
+    def _weights_version(self) -> int:
+        # In-place updates (optimizer steps) bump each tensor's version counter: a cached prefix
+        # computed before a training step must not be reused after it.
+        return sum(p._version for p in self.model.parameters())
+
+    def _prefix(self, ids: tuple[int, ...]) -> _Prefix | None:
+        """The KV cache of ``ids`` (computed now or reused), or None if this model's cache type
+        cannot be copied per batch (sliding-window or recurrent layers)."""
+        torch = self.torch
+        key = (ids, str(self.model.dtype), str(self.autocast_dtype), self._weights_version())
+        hit = self._prefixes.get(key)
+        if hit is not None:
+            self._prefixes.move_to_end(key)
+            return _Prefix(hit.ids, hit.kv, 0.0)
+        t0 = time.perf_counter()
+        x = torch.tensor([list(ids)], device=self.device)
+        with self._compute():
+            try:
+                out = self.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, logits_to_keep=1)
+            except TypeError:  # a model without logits_to_keep
+                out = self.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True)
+        pkv = out.past_key_values
+        layers = getattr(pkv, "layers", None)
+        cache_utils = require("transformers.cache_utils")
+        if not layers or any(type(layer) is not cache_utils.DynamicLayer for layer in layers):
+            log.info("%s: cache type %s cannot be shared; prefix cache off", self.model_id, type(pkv).__name__)
+            self.prefix_cache = False
+            return None
+        kv = [(layer.keys, layer.values) for layer in layers]
+        entry = _Prefix(ids, kv, time.perf_counter() - t0)
+        self._prefixes[key] = entry
+        while len(self._prefixes) > PREFIX_CACHE_ENTRIES:
+            self._prefixes.popitem(last=False)
+        return entry
+
+    def _batch_cache(self, prefix: _Prefix | None, rows: int, max_len: int) -> Any:
+        """A fresh KV cache for one batch, holding ``rows`` copies of the prefix if there is one.
+
+        A preallocated StaticCache where every layer is plain full attention: the default
+        DynamicCache concatenates each layer's whole cache at every decoding step, which took
+        57% of the time of a zero-shot batch here (long system prompt, batch 8). Other cache
+        layouts (sliding window, recurrent) get a DynamicCache, or None (generate's default).
+        """
+        transformers = require("transformers")
+        config = getattr(self.model, "config", None)
+        if self._static_ok is None:
+            try:
+                probe = transformers.StaticCache(config=config, max_cache_len=1)
+                self._static_ok = all(type(layer) is transformers.cache_utils.StaticLayer for layer in probe.layers)
+            except Exception:  # a config StaticCache cannot describe
+                self._static_ok = False
+        # Under autocast keys (after the fp32 rotary embedding) and values (bf16) differ in dtype,
+        # which a StaticCache's single preallocated dtype cannot hold.
+        if self._static_ok and self.autocast_dtype is None:
+            cache = transformers.StaticCache(config=config, max_cache_len=max_len)
+            if prefix is not None:
+                for layer, (k, v) in zip(cache.layers, prefix.kv, strict=True):
+                    layer.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+            return cache
+        if prefix is None:
+            return None
+        data = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix.kv]
+        # DynamicLayer.update concatenates, so the shared prefix tensors are copied, never mutated.
+        return transformers.DynamicCache(ddp_cache_data=data, config=config)
+
+    def clear_prefix_cache(self) -> None:
+        """Forget cached prefixes (e.g. after swapping a LoRA adapter, which the version check misses)."""
+        self._prefixes.clear()
+
+    @contextlib.contextmanager
+    def _compute(self) -> Iterator[None]:
+        torch = self.torch
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if self.autocast_dtype is not None:
+                stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
+            if self._fast_attention:
+                self.model.set_attn_implementation(ATTENTION_NAME)
+                stack.callback(self.model.set_attn_implementation, "sdpa")
+            yield
+
+    # ------------------------------------------------------------------ batching
+
+    def _layout(self, batch: Sequence[Sequence[int]], plen: int) -> tuple[Any, Any]:
+        """``[prefix][left padding][suffix]`` ids and attention mask for one batch."""
+        torch = self.torch
+        width = max(len(x) for x in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, x in enumerate(batch):
+            ids[r, :plen] = torch.tensor(x[:plen], dtype=torch.long)
+            mask[r, :plen] = 1
+            suffix = x[plen:]
+            ids[r, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
+            mask[r, width - len(suffix) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _prepare(self, prompts: Sequence[Chat]) -> tuple[list[list[int]], int, _Prefix | None]:
+        for i, chat in enumerate(prompts):
+            self._check_chat(i, chat)
+        ids = [self._encode(self._render(chat)) for chat in prompts]
+        plen = self._shared_prefix_len(prompts, ids)
+        prefix = self._prefix(tuple(ids[0][:plen])) if plen else None
+        return ids, (plen if prefix is not None else 0), prefix
+
+    def generate(self, prompts: Sequence[Chat], params: GenParams, progress: ProgressFn | None = None) -> list[Completion]:
+        """Answer every prompt, in order. Greedy when ``params.temperature == 0``.
+
+        Generation stops for a row at an end-of-turn token or a stop string (the text is cut
+        before it), and for the whole batch as soon as every row has stopped.
+        """
+        if not prompts:
+            return []
+        torch = self.torch
+        transformers = require("transformers")
+        ids, plen, prefix = self._prepare(prompts)
+        limit = self._context_limit()
+        if limit:
+            for i, x in enumerate(ids):
+                if len(x) + params.max_tokens > limit:
+                    raise BackendError(
+                        f"prompt {i} has {len(x)} tokens + max_tokens {params.max_tokens} > the model's context of {limit}",
+                        hint="shorten the input or the demos (fewer few-shot examples), or lower max_tokens",
+                    )
+        order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        prefix_share = (prefix.seconds if prefix else 0.0) / len(batches)
+        sampling = params.temperature > 0
+        gen_cfg = transformers.GenerationConfig(
+            max_new_tokens=params.max_tokens,
+            do_sample=sampling,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids or None,
+            **({"temperature": params.temperature, "top_p": params.top_p} if sampling else {}),
+        )
+        if sampling and params.seed is not None:
+            torch.manual_seed(params.seed)
+        results: list[Completion | None] = [None] * len(ids)
+        for batch in batches:
+            t0 = time.perf_counter()
+            rows = [ids[i] for i in batch]
+            input_ids, mask = self._layout(rows, plen)
+            stopper = _StopOnStrings(self.tokenizer, params.stop, input_ids.shape[1]) if params.stop else None
+            kwargs: dict[str, Any] = {}
+            cache = self._batch_cache(prefix, len(rows), input_ids.shape[1] + params.max_tokens)
+            if cache is not None:
+                kwargs["past_key_values"] = cache
+            if stopper is not None:
+                kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([stopper])
+            with self._compute():
+                out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg, **kwargs)
+            new = out[:, input_ids.shape[1] :].tolist()
+            dt = time.perf_counter() - t0 + prefix_share
+            for i, toks in zip(batch, new, strict=True):
+                results[i] = self._finish(toks, len(ids[i]), plen, dt, params)
+            if progress:
+                progress(len(batch))
+        return [r for r in results if r is not None]
+
+    def _finish(self, toks: list[int], prompt_len: int, cached: int, latency: float, params: GenParams) -> Completion:
+        """Cut one row's new tokens at end-of-turn or the first stop string; count what was generated."""
+        reason = "length"
+        for n, t in enumerate(toks):
+            if t in self.eos_ids:
+                toks, reason = toks[: n + 1], "stop"
+                break
+        text = self.tokenizer.decode(toks, skip_special_tokens=True)
+        used = len(toks)
+        cut = min((text.index(s) for s in params.stop if s and s in text), default=None)
+        if cut is not None:
+            text, reason = text[:cut], "stop"
+            # Tokens generated up to the stop string: the shortest prefix whose text reaches past it.
+            for n in range(1, len(toks) + 1):
+                if len(self.tokenizer.decode(toks[:n], skip_special_tokens=True)) > cut:
+                    used = n
+                    break
+        return Completion(text, prompt_len, used, latency, cached_tokens=cached, finish_reason=reason)
+
+    # ------------------------------------------------------------------ scoring
+
+    def loglikelihood(self, prompts: Sequence[Chat], choices: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Summed log-probability of each choice as the assistant's reply to its prompt.
+
+        The choice text is scored right after the chat template's generation prompt, without an
+        end-of-turn token. Choices that are one token long are read from the logits at the end of
+        the prompt (one row per prompt scores any number of them, e.g. MMLU's A/B/C/D); longer
+        choices get a row each. Rows are batched, and the shared prefix is computed once.
+
+        Example:
+            >>> b.loglikelihood([[{"role": "user", "content": "2+2?"}]], [["4", "5"]])  # doctest: +SKIP
+            [[-0.9, -3.2]]
+        """
+        if len(prompts) != len(choices):
+            raise BackendError(f"loglikelihood: {len(prompts)} prompts but {len(choices)} choice lists")
+        if not prompts:
+            return []
+        torch = self.torch
+        ctx, plen, prefix = self._prepare(prompts)
+        # Each choice's continuation tokens, tokenized together with the prompt text so that a
+        # merge across the boundary is what the model would actually see.
+        conts: list[list[list[int]]] = []
+        for chat, c_ids, cs in zip(prompts, ctx, choices, strict=True):
+            text = self._render(chat)
+            row = []
+            for c in cs:
+                full = self._encode(text + c)
+                row.append(full[len(c_ids) :] if full[: len(c_ids)] == c_ids else self._encode(c))
+            conts.append(row)
+        # Rows: (prompt index, continuation). The first row of each prompt also scores the
+        # single-token choices from its logits at the last prompt position.
+        rows: list[tuple[int, list[int]]] = []
+        for p, row in enumerate(conts):
+            multi = [c for c in row if len(c) > 1]
+            rows.extend((p, c) for c in (multi or [[]]))
+        scores: dict[tuple[int, tuple[int, ...]], float] = {}
+        first_logp: dict[int, Any] = {}
+        order = sorted(range(len(rows)), key=lambda r: len(ctx[rows[r][0]]) + len(rows[r][1]))
+        for s in range(0, len(order), self.batch_size):
+            batch = [rows[r] for r in order[s : s + self.batch_size]]
+            seqs = [ctx[p][plen:] + c for p, c in batch]
+            width = max(len(x) for x in seqs)
+            # Right padding: padding after a row's tokens cannot change causal logits before it.
+            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), plen + width), dtype=torch.long)
+            mask[:, :plen] = 1
+            for r, x in enumerate(seqs):
+                input_ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+                mask[r, plen : plen + len(x)] = 1
+            kwargs: dict[str, Any] = {}
+            if prefix is not None:
+                kwargs["past_key_values"] = self._batch_cache(prefix, len(batch), plen + width)
+            with self._compute():
+                logits = self.model(
+                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=prefix is not None, **kwargs
+                ).logits
+                for r, (p, c) in enumerate(batch):
+                    start = len(ctx[p]) - plen - 1  # position whose logits predict the first choice token
+                    lp = torch.log_softmax(logits[r, start : start + max(1, len(c))].float(), dim=-1)
+                    if p not in first_logp:
+                        first_logp[p] = lp[0]
+                    if c:
+                        scores[(p, tuple(c))] = float(lp[torch.arange(len(c)), torch.tensor(c, device=lp.device)].sum())
+        out: list[list[float]] = []
+        for p, row in enumerate(conts):
+            vals = []
+            for c in row:
+                if not c:
+                    vals.append(0.0)
+                elif len(c) == 1:
+                    vals.append(float(first_logp[p][c[0]]))
+                else:
+                    vals.append(scores[(p, tuple(c))])
+            out.append(vals)
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        """Token count of ``text`` with this model's tokenizer."""
+        return len(self._encode(text))
+
+    def close(self) -> None:
+        """Drop cached prefixes (the model itself belongs to whoever loaded it)."""
+        self._prefixes.clear()
+
+
+ATTENTION_NAME = "rungwise_sdpa"
+# Above this many attention scores per layer call (fp32), use SDPA's memory-saving kernels.
+MAX_SCORE_ELEMENTS = 32 * 1024 * 1024
+
+
+def gqa_decode_attention(
+    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0, scaling: float | None = None, **kwargs: Any
+) -> tuple[Any, None]:
+    """Grouped-query attention with an explicit mask as two plain matmuls (fp32 softmax); other
+    cases (no mask, dropout, softcapping, huge score matrices) go to transformers' SDPA path.
+
+    The query heads that share a key/value head are stacked as rows, so each key/value head is
+    read once and never repeated. On this CPU in bf16 (batch 8, 800 cached positions, 9 query /
+    3 key-value heads) it took 0.41 ms per decoding step against 0.89 ms for
+    ``scaled_dot_product_attention``, and 5.1 ms against 8.4 ms for a 25-token suffix: the CPU
+    SDPA kernels are built for long unmasked queries, and a batch of short answers behind a
+    cached prefix is the opposite. Numerically it is the same attention (fp32 within 1e-6).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch = require("torch")
+    rep = getattr(module, "num_key_value_groups", 1)
+    b, h, q_len, d = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    plain = dropout == 0.0 and kwargs.get("softcap") is None and kwargs.get("position_bias") is None
+    small = b * h * q_len * length <= MAX_SCORE_ELEMENTS
+    if rep == 1 or not plain or not small or attention_mask is None or attention_mask.ndim != 4:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    q = query.reshape(b, kv_heads, rep * q_len, d)  # head g*rep + r, position i -> row r*q_len + i of group g
+    scores = torch.matmul(q, key.transpose(-1, -2)).float() * (scaling if scaling is not None else d**-0.5)
+    mask = attention_mask[:, :, -q_len:, :length]  # [b, 1, q_len, length]
+    mask = mask.unsqueeze(2).expand(b, 1, rep, q_len, length).reshape(b, 1, rep * q_len, length)
+    # A finite minimum, not -inf: a padding query that sees only padding gets harmless uniform
+    # weights instead of NaNs that would leak into later layers through its keys and values.
+    low = torch.finfo(torch.float32).min
+    scores = scores.masked_fill(~mask, low) if mask.dtype == torch.bool else (scores + mask.float()).clamp_min(low)
+    out = torch.matmul(scores.softmax(dim=-1).to(value.dtype), value)  # [b, kv_heads, rep * q_len, d]
+    return out.reshape(b, h, q_len, d).transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    transformers = require("transformers")
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if ATTENTION_NAME not in transformers.AttentionInterface._global_mapping:
+        transformers.AttentionInterface.register(ATTENTION_NAME, gqa_decode_attention)
+        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+class _StopOnStrings:
+    """Per-row stopping criterion: a row is done once its new text contains a stop string.
+
+    transformers' ``generate`` keeps finished rows padded and ends the batch when every row is
+    done, so a batch costs as many steps as its longest answer, not ``max_tokens``.
+    """
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_width: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.start = prompt_width
+        self.done: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        torch = require("torch")
+        if self.done is None:
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        new = input_ids[:, self.start :].tolist()
+        for r, toks in enumerate(new):
+            if not self.done[r]:
+                text = self.tokenizer.decode(toks, skip_special_tokens=True)
+                if any(s in text for s in self.stops):
+                    self.done[r] = True
+        return self.done.clone()
+
