@@ -453,7 +453,9 @@ def finetune(
         raise DataError("the train split is empty: nothing to fine-tune on", hint="add training examples")
 
     t_start = time.perf_counter()
-    acc = accelerate.Accelerator(mixed_precision="no")
+    # cpu=True without CUDA: under `accelerate launch --multi_gpu` / torchrun the processes then
+    # form a gloo process group (accelerate's MULTI_CPU) instead of each training alone.
+    acc = accelerate.Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
     device = str(acc.device)
     world, rank, is_main = acc.num_processes, acc.process_index, acc.is_main_process
     out_dir = Path(out_dir)
