@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -105,15 +106,10 @@ class LocalBackend(Backend):
         self.eos_ids = self._eos_ids()
         self._prefixes: OrderedDict[tuple[Any, ...], _Prefix] = OrderedDict()
         self._static_ok: bool | None = None
-        cfg = getattr(model, "config", None)
-        self._fast_attention = (
-            fast_attention
-            and self.device.type == "cpu"
-            and getattr(cfg, "_attn_implementation", None) == "sdpa"
-            and hasattr(model, "set_attn_implementation")
-        )
-        if self._fast_attention:
-            _register_attention()
+        self._want_fast_attention = fast_attention
+        self._fast: bool | None = None  # decided on first use: the model may still move devices
+        # One call at a time: calls switch the attention implementation and share prefix caches.
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ construction
 
@@ -310,6 +306,20 @@ class LocalBackend(Backend):
         """Forget cached prefixes (e.g. after swapping a LoRA adapter, which the version check misses)."""
         self._prefixes.clear()
 
+    @property
+    def _fast_attention(self) -> bool:
+        if self._fast is None:
+            cfg = getattr(self.model, "config", None)
+            self._fast = bool(
+                self._want_fast_attention
+                and self.device.type == "cpu"
+                and getattr(cfg, "_attn_implementation", None) == "sdpa"
+                and hasattr(self.model, "set_attn_implementation")
+            )
+            if self._fast:
+                _register_attention()
+        return self._fast
+
     @contextlib.contextmanager
     def _compute(self) -> Iterator[None]:
         torch = self.torch
@@ -354,6 +364,10 @@ class LocalBackend(Backend):
         """
         if not prompts:
             return []
+        with self._lock:
+            return self._generate(prompts, params, progress)
+
+    def _generate(self, prompts: Sequence[Chat], params: GenParams, progress: ProgressFn | None) -> list[Completion]:
         torch = self.torch
         transformers = require("transformers")
         ids, plen, prefix = self._prepare(prompts)
@@ -437,6 +451,10 @@ class LocalBackend(Backend):
             raise BackendError(f"loglikelihood: {len(prompts)} prompts but {len(choices)} choice lists")
         if not prompts:
             return []
+        with self._lock:
+            return self._loglikelihood(prompts, choices)
+
+    def _loglikelihood(self, prompts: Sequence[Chat], choices: Sequence[Sequence[str]]) -> list[list[float]]:
         torch = self.torch
         ctx, plen, prefix = self._prepare(prompts)
         # Each choice's continuation tokens, tokenized together with the prompt text so that a
