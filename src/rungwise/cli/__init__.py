@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "rungwise.cli.serve",
     "rungwise.cli.economics",
     "rungwise.cli.audit",
+    "rungwise.cli.train",
 ]
 
 for _mod in COMMAND_MODULES:

@@ -758,19 +758,27 @@ def load_tuned_model(result_or_dir: FinetuneResult | str | Path, task: Any, *, m
     """(model, tokenizer) of a fine-tune, ready for inference: base + adapter (merged into the
     weights by default, so generation costs what the base costs), or the full model.
     Safetensors only; ``trust_remote_code`` only where the task allows it."""
-    torch = require("torch")
     res = result_or_dir if isinstance(result_or_dir, FinetuneResult) else FinetuneResult.load(result_or_dir)
-    device = models.pick_device(task.model.device)
-    dtype = models.pick_dtype(task.model.dtype, device)
-    trust = bool(task.model.trust_remote_code)
     if res.model_dir:
+        spec = task.model
+        device = models.pick_device(spec.device)
         rm = models.ResolvedModel(res.model_dir, res.model_dir)
-        return models.load_causal_lm(rm, dtype=dtype, device=device, trust_remote_code=trust)
+        return models.load_causal_lm(
+            rm, dtype=models.pick_dtype(spec.dtype, device), device=device, trust_remote_code=bool(spec.trust_remote_code)
+        )
+    return _with_adapter(_base_for(res, task.model), res.adapter_dir, task.model, merge=merge)
+
+
+def _with_adapter(base_rm: models.ResolvedModel, adapter_dir: Any, spec: Any, *, merge: bool = True) -> tuple[Any, Any]:
+    torch = require("torch")
     peft = require("peft")
-    base_rm = _base_for(res, task)
+    device = models.pick_device(spec.device)
+    dtype = models.pick_dtype(spec.dtype, device)
     # Merge in fp32, then cast: merging into bf16 weights would round the small LoRA delta.
-    model, tok = models.load_causal_lm(base_rm, dtype=torch.float32, device=device, trust_remote_code=trust)
-    model = peft.PeftModel.from_pretrained(model, res.adapter_dir, is_trainable=False)
+    model, tok = models.load_causal_lm(
+        base_rm, dtype=torch.float32, device=device, trust_remote_code=bool(spec.trust_remote_code)
+    )
+    model = peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     if merge:
         model = model.merge_and_unload()
     model.to(dtype=dtype)
@@ -778,9 +786,9 @@ def load_tuned_model(result_or_dir: FinetuneResult | str | Path, task: Any, *, m
     return model, tok
 
 
-def _base_for(res: FinetuneResult, task: Any) -> models.ResolvedModel:
+def _base_for(res: FinetuneResult, spec: Any) -> models.ResolvedModel:
     """Resolve the base model again, checking that it is the one the adapter was trained on."""
-    rm = models.resolve(res.base_model_id, getattr(task.model, "gguf_file", None))
+    rm = models.resolve(res.base_model_id, getattr(spec, "gguf_file", None))
     if res.base_sha256 and rm.sha256 and rm.sha256 != res.base_sha256:
         raise ConfigError(
             f"the adapter in {res.out_dir} was trained on {res.base_model_id}@{res.base_sha256[:12]}, "
@@ -804,4 +812,43 @@ def load_tuned_backend(result_or_dir: FinetuneResult | str | Path, task: Any) ->
     model_id = f"local:{res.base_model_id}+{res.method}:{Path(res.out_dir).name}"
     return LocalBackend(
         model, tok, model_id=model_id, batch_size=task.model.batch_size, prefix_cache=task.model.prefix_cache
+    )
+
+
+def load_adapter_backend(spec: Any, adapter: str | Path) -> Any:
+    """A local backend serving ``spec``'s base model plus a LoRA adapter (for ``rungwise serve
+    --adapter``). ``adapter`` is a PEFT adapter directory or a fine-tune's output directory; when
+    the fine-tune's record is there, the base model's hash is checked against it.
+
+    Example:
+        >>> backend = load_adapter_backend(task.model, "runs/ft/adapter")  # doctest: +SKIP
+    """
+    from rungwise.backends.local import LocalBackend
+    from rungwise.errors import BackendError
+
+    p = Path(adapter).expanduser()
+    out_dir = p if (p / RESULT_FILE).exists() else p.parent if (p.parent / RESULT_FILE).exists() else None
+    if out_dir is not None:
+        res = FinetuneResult.load(out_dir)
+        if res.model_dir:
+            raise BackendError(
+                f"{adapter}: this is a full fine-tune, not an adapter", hint=f"serve it with --model {res.model_dir}"
+            )
+        base_rm = _base_for(res, spec)
+        adapter_dir: Path = Path(res.adapter_dir or p)
+    else:
+        if not (p / "adapter_config.json").exists():
+            raise BackendError(
+                f"{adapter}: not a LoRA adapter directory (no adapter_config.json)",
+                hint="pass the adapter/ directory of a fine-tune (or the fine-tune's output directory)",
+            )
+        base_rm = models.resolve(spec.id, spec.gguf_file)
+        adapter_dir = p
+    model, tok = _with_adapter(base_rm, adapter_dir, spec)
+    return LocalBackend(
+        model,
+        tok,
+        model_id=f"local:{base_rm.display}+lora:{adapter_dir.resolve().parent.name}",
+        batch_size=spec.batch_size,
+        prefix_cache=spec.prefix_cache,
     )
