@@ -182,7 +182,7 @@ def _load_base(task: Any, spec: FinetuneSpec, device: str, bf16: bool) -> tuple[
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise MissingDependency(
-                "method 'qlora' needs the package 'bitsandbytes'", hint="pip install 'bitsandbytes>=0.43'"
+                "method 'qlora' needs the package 'bitsandbytes'", hint="pip install 'rungwise[qlora]'   (bitsandbytes; CUDA machines only)"
             ) from None
         transformers = require("transformers")
         peft = require("peft")
