@@ -214,6 +214,8 @@ def climb(
             result.id = rung_id
             if prev is not None:
                 result.comparison = paired_test(scoreset, prev[1], a_name=name, b_name=prev[0], seed=task.data.seed)
+            rung.finalize(ctx, prepared, result, results)
+            store.set_rung_artifact(rung_id, prepared.artifact)
             store.finish_rung(rung_id, result_to_dict(result))
             reporter.rung_end(result)
             results.append(result)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 import shutil
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -61,6 +61,37 @@ def ladder_table(c: ClimbResult, title: str | None = None) -> Table:
             meets,
         )
     return t
+
+
+PROMPT_RUNGS = ("zero_shot", "few_shot")
+
+
+def ladder_notes(c: ClimbResult) -> list[str]:
+    """What the table cannot show: the audit before fine-tuning, the forgetting check, and the
+    prompt tokens a fine-tuned rung saves per call against the best prompting rung."""
+    notes: list[str] = []
+    prompting = [r for r in c.rungs if r.rung in PROMPT_RUNGS]
+    best = max(prompting, key=lambda r: r.metric.value, default=None)
+    for r in c.rungs:
+        art = r.artifact
+        if art.get("audit"):
+            notes.append(f"audit of the train split before fine-tuning: {art['audit']['summary']}")
+        if art.get("kind") == "finetune":
+            if art.get("train_seconds") is not None:
+                notes.append(
+                    f"{r.rung}: {art.get('method')} on {art.get('train_examples')} examples, {art.get('epochs', 0):.3g} epoch(s), "
+                    f"{art.get('train_tokens', 0):,} tokens in {art.get('train_seconds', 0):.0f} s on {art.get('device')}; "
+                    f"adapter {art.get('adapter_dir') or art.get('model_dir')}"
+                )
+            if best is not None and best.mean_prompt_tokens > 0:
+                saved = best.mean_prompt_tokens - r.mean_prompt_tokens
+                notes.append(
+                    f"{r.rung}: {r.mean_prompt_tokens:.0f} prompt tokens/call vs {best.mean_prompt_tokens:.0f} for the best "
+                    f"prompting rung ({best.rung}): {saved:+.0f} tokens ({-100 * saved / best.mean_prompt_tokens:+.0f}%) per call"
+                )
+        if art.get("forgetting_summary"):
+            notes.append(art["forgetting_summary"])
+    return notes
 
 
 def _summary(c: ClimbResult) -> str:
@@ -171,6 +202,8 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(climb_to_dict(result), indent=2, default=str))
             return
         console.print(ladder_table(result))
+        for note in ladder_notes(result):
+            console.print(f"  {note}", highlight=False)
         console.print(_summary(result))
         console.print("[dim]* = significant at p < 0.05 (paired test against the rung below)[/]")
         from rungwise.economics.render import print_economics
@@ -223,6 +256,8 @@ def register(app: typer.Typer) -> None:
             f"leakage dropped {row['leakage_exact']} exact + {row['leakage_normalized']} normalized"
         )
         console.print(ladder_table(c))
+        for note in ladder_notes(c):
+            console.print(f"  {note}", highlight=False)
         from rungwise.economics.render import print_economics
 
         print_economics(console, c.costs, c.verdict)

@@ -13,6 +13,7 @@ from rungwise.backends.base import Backend
 from rungwise.errors import ConfigError
 from rungwise.prompting import PromptTemplate
 from rungwise.rungs.base import Prepared, Rung, RungContext
+from rungwise.rungs.finetune import Finetune, FinetuneMinimal
 from rungwise.rungs.prompt_rungs import FewShot, ZeroShot
 from rungwise.task import Task
 
@@ -27,6 +28,8 @@ def register(cls: type[Rung]) -> type[Rung]:
 
 register(ZeroShot)
 register(FewShot)
+register(Finetune)
+register(FinetuneMinimal)
 
 
 def get_rung(name: str) -> Rung:

@@ -13,7 +13,7 @@ from typing import Any
 from rungwise.backends.base import Backend, ProgressFn
 from rungwise.prompting import PromptTemplate, system_prompt
 from rungwise.task import Task
-from rungwise.types import Chat, Completion, Example, GenParams
+from rungwise.types import Chat, Completion, Example, GenParams, RungResult
 
 
 @dataclass
@@ -68,6 +68,11 @@ class Rung(ABC):
     ) -> list[Completion]:
         """Answer ``examples`` with the prepared artifact (one batched backend call)."""
         return backend.generate([prepared.prompt_for(ex) for ex in examples], params, progress)
+
+
+    def finalize(self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult]) -> None:  # noqa: B027
+        """Optional hook after scoring (e.g. write a model card with the measured metrics).
+        ``previous`` holds the rung results already measured in this climb."""
 
 
 def base_system(task: Task) -> str:
