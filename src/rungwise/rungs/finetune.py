@@ -78,12 +78,25 @@ class Finetune(Rung):
         if spec.enabled and not self.minimal:
             from rungwise.evaluate.forgetting import forgetting_check
 
-            fg = forgetting_check(
-                ctx.backend_factory(), tuned, probe=spec.probe, n=spec.n, seed=spec.seed,
-                threshold_points=spec.threshold_points, base_dir=task.base_dir,
-            )
-            art["forgetting"] = fg.to_dict()
-            art["forgetting_summary"] = fg.summary()
+            from rungwise.errors import DataError
+
+            try:
+                fg = forgetting_check(
+                    ctx.backend_factory(), tuned, probe=spec.probe, n=spec.n, seed=spec.seed,
+                    threshold_points=spec.threshold_points, base_dir=task.base_dir,
+                )
+            except DataError as exc:
+                if spec.probe != "mmlu":
+                    raise  # the user's own probe file is broken: say so
+                # The default probe reads MMLU from the shared datasets folder, which a machine
+                # without it lacks; the rung is still measured, and the note says how to enable it.
+                art["forgetting_summary"] = (
+                    f"forgetting check skipped: {exc.message} (set RUNGWISE_SHARED to a folder with datasets/mmlu, "
+                    "or rungs.finetune.forgetting.probe to your own JSONL probe)"
+                )
+            else:
+                art["forgetting"] = fg.to_dict()
+                art["forgetting_summary"] = fg.summary()
         tpl = PromptTemplate("") if self.minimal else PromptTemplate(system)
         art["prompt"] = tpl.to_dict()
         return Prepared(tpl, backend=tuned, artifact=art)
