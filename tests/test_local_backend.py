@@ -116,8 +116,8 @@ def test_fast_attention_and_dynamic_cache_paths_answer_like_stock_sdpa(tiny: tup
     assert fast._fast_attention  # the tiny model has grouped-query heads (4 query, 2 key/value)
     assert texts(fast.generate(prompts, P)) == texts(stock)
     assert model.config._attn_implementation == "sdpa"  # restored after the call
-    dynamic = backend(tiny, batch_size=3, prefix_cache=prefix)
-    dynamic._static_ok = False  # as for a model whose layers a StaticCache cannot describe
+    # The DynamicCache path, as for a model whose layers a StaticCache cannot describe.
+    dynamic = backend(tiny, batch_size=3, prefix_cache=prefix, static_cache=False)
     assert texts(dynamic.generate(prompts, P)) == texts(stock)
     choices = [["card_arrival", "x"]] * len(prompts)
     a = fast.loglikelihood(prompts, choices)
