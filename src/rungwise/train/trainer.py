@@ -458,6 +458,16 @@ def finetune(
     acc = accelerate.Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
     device = str(acc.device)
     world, rank, is_main = acc.num_processes, acc.process_index, acc.is_main_process
+    dist = str(acc.distributed_type).rsplit(".", 1)[-1]
+    if dist in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        # Checkpoints, best-weights selection and the artifact read whole parameters per process;
+        # sharded training (FSDP / ZeRO-3) would need gathering at each of those points.
+        raise Unsupported(
+            f"rungwise's trainer runs data-parallel (DDP) only; the accelerate config asks for {dist}",
+            hint="launch with `accelerate launch --multi_gpu` (DDP: LoRA syncs only the small adapters), use "
+            "method: qlora to fit a large base on one GPU, or export the data (rungwise export --format sharegpt) "
+            "for Axolotl / LLaMA-Factory with FSDP or DeepSpeed (docs/multi-gpu.md)",
+        )
     out_dir = Path(out_dir)
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
