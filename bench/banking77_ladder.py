@@ -84,6 +84,16 @@ def evaluate(backend, task, test, template: PromptTemplate) -> dict:
     }
 
 
+def _forgetting_line(fg: dict | None) -> str:
+    if not fg:
+        return ""
+    return (
+        f"\nForgetting check (MMLU, {fg['n']} seeded questions, choice log-likelihood): base {fg['base_acc']:.1%}, "
+        f"tuned {fg['tuned_acc']:.1%}, delta {fg['delta_points']:+.1f} points [{fg['ci_low']:+.1f}, {fg['ci_high']:+.1f}] "
+        f"(McNemar p={fg['p_value']:.2g}){'; WARNING: beyond the 2-point threshold' if fg['warning'] else ''}.\n"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-train", type=int, default=None, help="stratified subset of the train split (CPU time)")
@@ -92,6 +102,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--work", type=Path, default=Path("/tmp/rungwise-banking77"))
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
+    ap.add_argument("--no-forgetting", action="store_true", help="skip the MMLU forgetting check")
     args = ap.parse_args()
 
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "eval_every": 150}
@@ -116,13 +127,28 @@ def main() -> None:
     res = finetune(task, train, args.work / "ft", system_prompt="", progress=False, on_step=log)
     print(json.dumps({k: v for k, v in res.to_dict().items() if k != "history"}, indent=1), flush=True)
 
+    # Evaluations are cached next to the adapter: a re-run only adds what is missing.
+    cache = args.work / "banking77_ladder.json"
+    prev = json.loads(cache.read_text()) if cache.exists() else {}
+    if prev.get("train", {}).get("data_hash") != res.data_hash or prev.get("n_test") != len(test):
+        prev = {}
     backend = load_tuned_backend(res, task)
-    minimal = evaluate(backend, task, test, PromptTemplate(""))
+    minimal = prev.get("minimal") or evaluate(backend, task, test, PromptTemplate(""))
     print("minimal prompt", minimal, flush=True)
-    full = evaluate(backend, task, test, PromptTemplate(system_prompt(task.instructions, task.labels)))
+    full = prev.get("full") or evaluate(backend, task, test, PromptTemplate(system_prompt(task.instructions, task.labels)))
     print("full prompt", full, flush=True)
-    out = {"train": res.to_dict(), "minimal": minimal, "full": full, "machine": machine(), "date": today()}
-    (args.work / "banking77_ladder.json").write_text(json.dumps(out, indent=1))
+    forgetting = prev.get("forgetting")
+    if forgetting is None and not args.no_forgetting:
+        from rungwise.backends.local import LocalBackend
+        from rungwise.evaluate.forgetting import forgetting_check
+
+        t1 = time.perf_counter()
+        fg = forgetting_check(LocalBackend.from_spec(task.model), backend, probe="mmlu", n=200, seed=0)
+        forgetting = {**fg.to_dict(), "seconds": time.perf_counter() - t1}
+        print(fg.summary(), flush=True)
+    out = {"train": res.to_dict(), "n_test": len(test), "minimal": minimal, "full": full, "forgetting": forgetting,
+           "machine": prev.get("machine") or machine(), "date": prev.get("date") or today()}
+    cache.write_text(json.dumps(out, indent=1))
     if args.no_write:
         return
 
@@ -146,7 +172,7 @@ Training: {res.steps} steps ({res.epochs_run:g} epochs, batch {hp['batch_size']}
 {res.train_tokens:,} tokens, {res.train_seconds / 60:.1f} min wall on this CPU ({res.tokens_per_s:.0f} tokens/s in the
 training steps), best validation loss {res.best_val_loss if res.best_val_loss is None else round(res.best_val_loss, 4)} at step {res.best_step}{' (stopped early)' if res.stopped_early else ''}.
 Goal: >= 85% test accuracy (DSPy reports 87% for a fine-tuned gpt-4o-mini on this dataset).
-"""
+{_forgetting_line(forgetting)}"""
     write_section("banking77-ladder", body)
 
 

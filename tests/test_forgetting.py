@@ -131,3 +131,17 @@ def test_real_model_scores_the_probe(tiny_llama_dir: Path, tmp_path: Path) -> No
     res = forgetting_check(b, b, probe=str(_probe(tmp_path, 8)))
     assert res.n == 8 and res.delta_points == 0 and 0 <= res.base_acc <= 1
     assert isinstance(ProbeQuestion("q", ("a", "b"), 0).chat()[0]["content"], str)
+
+
+def test_task_settings_drive_the_check(tmp_path: Path) -> None:
+    from rungwise.evaluate.forgetting import forgetting_for_task
+    from rungwise.task import task_from_dict
+
+    _probe(tmp_path, 20)
+    raw = {"name": "t", "data": {"path": "d.jsonl"},
+           "rungs": {"finetune": {"forgetting": {"probe": "probe.jsonl", "n": 8, "threshold_points": 50}}}}
+    task = task_from_dict(raw, base_dir=tmp_path)
+    res = forgetting_for_task(task, ScriptedBackend(choice_scores=_knows()), ScriptedBackend(choice_scores=_knows(2)))
+    assert res is not None and res.n == 8 and res.threshold_points == 50 and not res.warning
+    raw["rungs"]["finetune"]["forgetting"]["enabled"] = False
+    assert forgetting_for_task(task_from_dict(raw, base_dir=tmp_path), ScriptedBackend(), ScriptedBackend()) is None

@@ -246,3 +246,22 @@ def forgetting_check(
         threshold_points=threshold_points,
         warning=delta < -threshold_points,
     )
+
+
+def forgetting_for_task(task: object, base: Backend, tuned: Backend) -> ForgettingResult | None:
+    """Run the check with the task's ``rungs.finetune.forgetting`` settings (None when disabled).
+
+    A relative probe path is read from the task file's folder.
+    """
+    spec = task.rungs.finetune.forgetting  # type: ignore[attr-defined]
+    if not spec.enabled:
+        return None
+    return forgetting_check(
+        base,
+        tuned,
+        probe=spec.probe,
+        n=spec.n,
+        seed=spec.seed,
+        threshold_points=spec.threshold_points,
+        base_dir=getattr(task, "base_dir", None),
+    )
