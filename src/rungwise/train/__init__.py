@@ -1,0 +1,15 @@
+"""Fine-tuning: LoRA / full / QLoRA with PEFT, in a lean loop that also runs under
+``accelerate launch`` (DDP); export; model cards.
+
+Modules (import them directly; this package imports nothing heavy):
+
+- :mod:`rungwise.train.config`: ``FinetuneSpec``, the ``rungs.finetune`` section of task.yaml.
+- :mod:`rungwise.train.data`: chat-template tokenization with answer-only labels, the validation
+  slice, the length-grouped / packed batch plan.
+- :mod:`rungwise.train.trainer`: ``finetune(task, train, out_dir, system_prompt=...)`` ->
+  ``FinetuneResult``; ``load_tuned_backend(result_or_dir, task)``; ``load_adapter_backend(spec, dir)``.
+- :mod:`rungwise.train.export`: ``export(source, fmt, out)``, ``validate_openai_jsonl(path)``.
+- :mod:`rungwise.train.card`: ``write_model_card(dir, result, metrics=..., forgetting=...)``.
+
+The forgetting check lives in :mod:`rungwise.evaluate.forgetting`.
+"""
