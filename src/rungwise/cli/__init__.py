@@ -32,6 +32,11 @@ for _mod in COMMAND_MODULES:
 
 def main() -> None:
     """Entry point: user errors print a clear message and exit 2, never a traceback."""
+    import warnings
+
+    # Deprecation notices from the ML stack are for library authors, not for a user's terminal.
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|torch|accelerate)(\.|$)")
     try:
         app(standalone_mode=False)
     except RungwiseError as exc:
