@@ -163,6 +163,16 @@ def test_stop_sequences_cut_the_text_and_end_generation_early(tiny: tuple[object
         assert c.text == expect
     assert cut[0].finish_reason == "stop" and full[0].finish_reason == "length"
     assert cut[0].completion_tokens < full[0].completion_tokens
+    # Generation ends at the stop: one forward pass per generated token, none after it.
+    model, _ = tiny
+    calls: list[int] = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        (one,) = backend(tiny, prefix_cache=False).generate(prompts[:1], GenParams(max_tokens=16, stop=(stop,)))
+    finally:
+        hook.remove()
+    assert one.text == cut[0].text
+    assert len(calls) == one.completion_tokens < 16
 
 
 def test_token_counts_and_latency(tiny: tuple[object, object]) -> None:

@@ -435,9 +435,10 @@ class LocalBackend(Backend):
         cut = min((text.index(s) for s in params.stop if s and s in text), default=None)
         if cut is not None:
             text, reason = text[:cut], "stop"
-            # Tokens generated up to the stop string: the shortest prefix whose text reaches past it.
+            # Tokens generated until a stop string was complete (where generation stopped).
             for n in range(1, len(toks) + 1):
-                if len(self.tokenizer.decode(toks[:n], skip_special_tokens=True)) > cut:
+                head = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
+                if any(s and s in head for s in params.stop):
                     used = n
                     break
         return Completion(text, prompt_len, used, latency, cached_tokens=cached, finish_reason=reason)
