@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
         directory: Annotated[Path, typer.Argument(help="Directory to create the task in.")],
         force: Annotated[bool, typer.Option(help="Write into an existing non-empty directory (never overwrites files).")] = False,
     ) -> None:
-        """Write a working task (task.yaml + a 200-example ticket-routing dataset) to DIRECTORY."""
+        """Write a working task (task.yaml + a 212-example ticket-routing dataset) to DIRECTORY."""
         src = resources.files("rungwise") / "templates" / "ticket-routing"
         directory.mkdir(parents=True, exist_ok=True)
         names = [p.name for p in src.iterdir() if p.name in ("task.yaml", "data.jsonl")]
