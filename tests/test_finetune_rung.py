@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from helpers import ticket_rows, write_jsonl
-from rungwise.climb import climb
 from rungwise.cli.core import ladder_notes
+from rungwise.climb import climb
 from rungwise.task import task_from_dict
 
 pytestmark = pytest.mark.model
