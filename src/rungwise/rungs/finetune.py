@@ -76,9 +76,8 @@ class Finetune(Rung):
         )
         spec = task.rungs.finetune.forgetting
         if spec.enabled and not self.minimal:
-            from rungwise.evaluate.forgetting import forgetting_check
-
             from rungwise.errors import DataError
+            from rungwise.evaluate.forgetting import forgetting_check
 
             try:
                 fg = forgetting_check(
