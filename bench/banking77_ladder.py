@@ -84,6 +84,42 @@ def evaluate(backend, task, test, template: PromptTemplate) -> dict:
     }
 
 
+def partial_run(task, ft_dir: Path, train) -> tuple:
+    """The best validated weights of an interrupted run, as a backend and a FinetuneResult-like record."""
+    import torch
+    from safetensors.torch import load_file
+
+    from rungwise import models
+    from rungwise.backends.local import LocalBackend
+    from rungwise.train.data import data_hash, split_validation
+    from rungwise.train.trainer import FinetuneResult, _load_trainable, _wrap_peft, finetune_spec
+
+    spec = finetune_spec(task)
+    state = json.loads((ft_dir / "checkpoint" / "state.json").read_text())
+    best = ft_dir / "best" / "trainable.safetensors"
+    weights = best if best.exists() else ft_dir / "checkpoint" / "trainable.safetensors"
+    rm = models.resolve(task.model.id)
+    model, tok = models.load_causal_lm(rm, dtype=torch.float32)
+    torch.manual_seed(spec.seed)
+    model = _wrap_peft(model, spec)
+    _load_trainable(model, load_file(str(weights)))
+    model = model.merge_and_unload()
+    model.to(models.pick_dtype(task.model.dtype, "cpu")).eval()
+    tr, val = split_validation(train, spec.val_fraction, seed=spec.seed, vmin=spec.val_min, vmax=spec.val_max)
+    spe = -(-len(tr) // spec.batch_size)
+    res = FinetuneResult(
+        method=spec.method, out_dir=str(ft_dir), adapter_dir=None, model_dir=None, base_model_id=rm.model_id,
+        base_path=models.checkpoint_dir(rm), base_sha256=rm.sha256, system_prompt="", n_train=len(tr), n_val=len(val),
+        n_skipped=0, train_tokens=state["train_tokens"], epochs_run=round(state["step"] / spe, 3), steps=state["step"],
+        best_step=state["best_step"], best_val_loss=state["best_val_loss"],
+        final_train_loss=state["history"][-1]["train_loss"], train_seconds=state["train_time"],
+        tokens_per_s=state["train_tokens"] / max(state["train_time"], 1e-9), peak_mem_mb=0.0, peak_mem_kind="",
+        hyperparameters=spec.hyperparameters(), data_hash=data_hash(train, ""), device="cpu",
+        compute_dtype="bfloat16", world_size=1, history=state["history"],
+    )
+    return LocalBackend(model, tok, model_id="local:banking77-lora-partial", batch_size=task.model.batch_size), res
+
+
 def _forgetting_line(fg: dict | None) -> str:
     if not fg:
         return ""
@@ -103,6 +139,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/rungwise-banking77"))
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
     ap.add_argument("--no-forgetting", action="store_true", help="skip the MMLU forgetting check")
+    ap.add_argument("--limit", type=int, default=None, help="score only the first N test examples (a quick check)")
+    ap.add_argument(
+        "--partial",
+        action="store_true",
+        help="do not train: evaluate the best validated weights of an interrupted run (its checkpoint)",
+    )
     args = ap.parse_args()
 
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "eval_every": 150}
@@ -113,7 +155,7 @@ def main() -> None:
     train = split.train
     if args.max_train and args.max_train < len(train):
         train = stratified_sample(train, args.max_train, task.data.seed, True)
-    test = split.test
+    test = split.test[: args.limit] if args.limit else split.test
     print(f"train {len(train)} of {len(split.train)}, test {len(test)}", flush=True)
 
     t0 = time.perf_counter()
@@ -124,15 +166,22 @@ def main() -> None:
 
     # Trained on the minimal prompt (the user's text alone, the model's default system turn):
     # the cheapest prompt per call, which is the point of fine-tuning.
-    res = finetune(task, train, args.work / "ft", system_prompt="", progress=False, on_step=log)
+    if args.partial:
+        backend, res = partial_run(task, args.work / "ft", train)
+    else:
+        res = finetune(task, train, args.work / "ft", system_prompt="", progress=False, on_step=log)
+        backend = load_tuned_backend(res, task)
     print(json.dumps({k: v for k, v in res.to_dict().items() if k != "history"}, indent=1), flush=True)
 
     # Evaluations are cached next to the adapter: a re-run only adds what is missing.
     cache = args.work / "banking77_ladder.json"
     prev = json.loads(cache.read_text()) if cache.exists() else {}
-    if prev.get("train", {}).get("data_hash") != res.data_hash or prev.get("n_test") != len(test):
+    if (prev.get("train", {}).get("data_hash"), prev.get("train", {}).get("steps"), prev.get("n_test")) != (
+        res.data_hash,
+        res.steps,
+        len(test),
+    ):
         prev = {}
-    backend = load_tuned_backend(res, task)
     minimal = prev.get("minimal") or evaluate(backend, task, test, PromptTemplate(""))
     print("minimal prompt", minimal, flush=True)
     full = prev.get("full") or evaluate(backend, task, test, PromptTemplate(system_prompt(task.instructions, task.labels)))
@@ -153,6 +202,12 @@ def main() -> None:
         return
 
     hp = res.hyperparameters
+    partial_note = (
+        f"; the run was stopped at this point of the planned {args.epochs:g} epoch(s) for time and the best validated "
+        "weights so far were evaluated: `--partial`; the same command without it resumes the run from its checkpoint"
+        if args.partial
+        else ""
+    )
     body = f"""## banking77-ladder: LoRA on BANKING77 with the embedded 135M model
 
 Measured {today()} on {machine()} (no GPU; 2 cores shared with other jobs).
@@ -168,8 +223,8 @@ official test split; accuracy with a bootstrap 95% CI (1000 resamples). The LoRA
 | LoRA (r={hp['r']}, all linear) | minimal (as trained) | {minimal['accuracy']:.1%} | {minimal['ci_low']:.1%} - {minimal['ci_high']:.1%} | {minimal['mean_prompt_tokens']:.0f} |
 | LoRA (r={hp['r']}, all linear) | full (instructions + 77 labels) | {full['accuracy']:.1%} | {full['ci_low']:.1%} - {full['ci_high']:.1%} | {full['mean_prompt_tokens']:.0f} |
 
-Training: {res.steps} steps ({res.epochs_run:g} epochs, batch {hp['batch_size']}, lr {hp['learning_rate']:g}, {res.compute_dtype}),
-{res.train_tokens:,} tokens, {res.train_seconds / 60:.1f} min wall on this CPU ({res.tokens_per_s:.0f} tokens/s in the
+Training: {res.steps} steps ({res.epochs_run:g} epochs{partial_note}, batch {hp['batch_size']}, lr {hp['learning_rate']:g}, {res.compute_dtype}),
+{res.train_tokens:,} tokens, {res.train_seconds / 60:.1f} min {'of training steps' if args.partial else 'wall'} on this CPU ({res.tokens_per_s:.0f} tokens/s in the
 training steps), best validation loss {res.best_val_loss if res.best_val_loss is None else round(res.best_val_loss, 4)} at step {res.best_step}{' (stopped early)' if res.stopped_early else ''}.
 Goal: >= 85% test accuracy (DSPy reports 87% for a fine-tuned gpt-4o-mini on this dataset).
 {_forgetting_line(forgetting)}"""
