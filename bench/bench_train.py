@@ -278,7 +278,9 @@ median shown. `python bench/bench_train.py`
 Throughput ratio rungwise / TRL: **{ratio:.2f}x** (per pair: {', '.join(f'{x:.2f}' for x in ratios)}); goal >= 1.2x at equal loss.
 Tokens are the non-padding tokens of the examples trained on ({g['tokens']:,} per run). Where the time goes in rungwise:
 the output head (49,152 x 576) is applied only at answer positions, batches are length-grouped, the frozen base
-stays in bf16. The machine is shared with other jobs: single runs vary; the pairs alternate so both see the same load.
+stays in bf16. The train-loss column averages different batches (length-grouped vs random order); the held-out
+loss compares the resulting adapters on the same unseen examples. The machine is shared with other jobs (absolute
+tokens/s vary with its load); the pairs alternate so both trainers see the same load.
 """
     write_section("train", body)
 
