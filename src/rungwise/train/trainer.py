@@ -559,7 +559,9 @@ def finetune(
     amp_device = "cuda" if device.startswith("cuda") else "cpu"
 
     def autocast() -> Any:
-        return torch.autocast(amp_device, dtype=torch.bfloat16, enabled=bf16 and spec.method != "qlora")
+        # QLoRA included: bitsandbytes computes in its compute dtype, autocast keeps the rest in
+        # bf16 (what HF Trainer's bf16=True does over a 4-bit model).
+        return torch.autocast(amp_device, dtype=torch.bfloat16, enabled=bf16)
 
     def to_dev(b: dict[str, Any]) -> dict[str, Any]:
         return {k: (v.to(device) if v is not None else None) for k, v in b.items()}
