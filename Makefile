@@ -37,7 +37,9 @@ test: install browser
 lint: install
 	$(BIN)/ruff check src tests bench
 
+# TRL is the baseline of the training benchmark only (the `bench` extra).
 bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -17,7 +17,6 @@ _EXTRA = {
     "peft": "train",
     "fastapi": "serve",
     "uvicorn": "serve",
-    "datasketch": "audit",
 }
 
 
