@@ -229,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         "measured in the same run, so the speed-up column stays comparable while absolute examples/s vary from "
         "run to run.",
     ]
+    if args.threads:
+        lines.append(
+            f"`--threads {args.threads}` gives every row the same torch thread count: on a shared machine a second "
+            "thread mostly waits for a core another job holds (under this load a batch-8 matmul took 5x longer "
+            "with 2 threads than with 1)."
+        )
     md = "\n".join(lines)
     print("\n" + md)
     if not args.no_write:
