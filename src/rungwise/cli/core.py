@@ -87,7 +87,8 @@ def ladder_notes(c: ClimbResult) -> list[str]:
                 saved = best.mean_prompt_tokens - r.mean_prompt_tokens
                 notes.append(
                     f"{r.rung}: {r.mean_prompt_tokens:.0f} prompt tokens/call vs {best.mean_prompt_tokens:.0f} for the best "
-                    f"prompting rung ({best.rung}): {saved:+.0f} tokens ({-100 * saved / best.mean_prompt_tokens:+.0f}%) per call"
+                    f"prompting rung ({best.rung}): {abs(saved):.0f} {'fewer' if saved >= 0 else 'more'} "
+                    f"({-100 * saved / best.mean_prompt_tokens:+.0f}%) per call"
                 )
         if art.get("forgetting_summary"):
             notes.append(art["forgetting_summary"])
