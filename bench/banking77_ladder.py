@@ -11,7 +11,7 @@ file; this script writes only what it measured.
 The data is read from ../shared/datasets/banking77 (never copied into the repository). The run
 resumes from its last checkpoint when restarted with the same arguments.
 
-    nohup python bench/banking77_ladder.py --max-train 6000 > /tmp/b77.log 2>&1 &
+    nohup python bench/banking77_ladder.py --epochs 1 --lr 4e-4 > /tmp/b77.log 2>&1 &   # ~100 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def main() -> None:
     body = f"""## banking77-ladder: LoRA on BANKING77 with the embedded 135M model
 
 Measured {today()} on {machine()} (no GPU; 2 cores shared with other jobs).
-`python bench/banking77_ladder.py{' --max-train ' + str(args.max_train) if args.max_train else ''} --epochs {args.epochs:g}`
+`python bench/banking77_ladder.py{' --max-train ' + str(args.max_train) if args.max_train else ''} --epochs {args.epochs:g}{' --lr ' + format(args.lr, 'g') if args.lr else ''}`
 
 Task `benchmarks/banking77/task.yaml`: 77 intents, test = the fixed {len(test)}-example stratified subset of the
 official test split; accuracy with a bootstrap 95% CI (1000 resamples). The LoRA rung trains on
