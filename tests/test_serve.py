@@ -22,7 +22,7 @@ from helpers import write_task
 from rungwise import serve
 from rungwise.backends.openai_compat import OpenAIBackend
 from rungwise.backends.scripted import ScriptedBackend
-from rungwise.errors import BackendError, ConfigError, Unsupported
+from rungwise.errors import BackendError, ConfigError
 from rungwise.prompting import PromptTemplate, system_prompt
 from rungwise.serve import MicroBatcher, background, create_app
 from rungwise.task import ModelSpec, load_task
@@ -237,7 +237,7 @@ def test_adapter_path_is_reported_and_changes_the_fingerprint() -> None:
         fp_adapter = httpx.get(url + "/health").json()["system_fingerprint"]
     with background(plain) as url:
         assert httpx.get(url + "/health").json()["system_fingerprint"] != fp_adapter
-    with pytest.raises(Unsupported, match="adapter"):  # loading adapters is the fine-tune rung's job
+    with pytest.raises(BackendError, match="not a LoRA adapter directory"):  # a real adapter dir is required
         serve.load_backend(ModelSpec(backend="scripted"), adapter="runs/7/adapter")
 
 
@@ -332,7 +332,7 @@ def test_cli_errors_are_clear(tmp_path: Path, monkeypatch) -> None:
     task_path = str(write_task(tmp_path))
     cases = [
         (["serve", task_path, "--auth-key-env", "RW_SERVE_KEY"], ConfigError, "RW_SERVE_KEY"),
-        (["serve", task_path, "--adapter", str(tmp_path)], Unsupported, "adapter"),
+        (["serve", task_path, "--adapter", str(tmp_path)], BackendError, "not a LoRA adapter directory"),
         (["serve", str(tmp_path / "missing.yaml")], ConfigError, "no such task file"),
     ]
     for argv, exc_type, fragment in cases:

@@ -595,17 +595,12 @@ def prompt_for(task: "Task", rung: str = "zero_shot", run_id: int | str | None =
 
 
 def load_backend(spec: "ModelSpec", adapter: str | Path | None = None) -> Backend:
-    """The backend to serve: the task's model, optionally with a LoRA adapter applied.
-
-    ``adapter`` is the extension point for the fine-tune rung: load ``spec``'s base model with
-    the adapter (e.g. ``LocalBackend.from_spec(spec, adapter=...)``) and return it; create_app
-    and the CLI already pass the path through and report it.
-    """
+    """The backend to serve: the task's model, optionally with a LoRA adapter applied (a PEFT
+    adapter directory or a fine-tune's output directory; the base model's hash is checked)."""
     if adapter is not None:
-        raise Unsupported(
-            f"serving a LoRA adapter ({adapter}) is not implemented yet",
-            hint="serve merged weights instead: pass the merged model directory with --model DIR",
-        )
+        from rungwise.train.trainer import load_adapter_backend
+
+        return load_adapter_backend(spec, adapter)
     from rungwise.backends import make_backend
 
     try:
