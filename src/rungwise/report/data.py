@@ -176,3 +176,16 @@ def report_data_from_store(
     for d, p in zip(data["examples"], first, strict=False):
         d["id"] = p["example_id"]
     return data
+
+
+def comparison_cell(rung: dict[str, Any]) -> str:
+    """'delta, p=... *' for a rung's paired test against the rung below, or a dash."""
+    c = rung.get("comparison")
+    if not c:
+        return "—"
+    return f"{c['delta']:+.3f}, p={c['p_value']:.3g}" + (" *" if c.get("significant") else "")
+
+
+def meets_cell(data: dict[str, Any], rung: dict[str, Any]) -> str:
+    """'yes' / 'no' against the report's target, or a dash when there is none."""
+    return "—" if not data.get("target") else ("yes" if rung.get("meets_target") else "no")

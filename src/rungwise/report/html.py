@@ -14,6 +14,7 @@ from html import escape
 from typing import Any
 
 from rungwise.report import svg
+from rungwise.report.data import comparison_cell, meets_cell
 
 MARKER = '<meta name="generator" content="rungwise">'
 MAX_EXAMPLE_ROWS = 5000
@@ -180,9 +181,8 @@ def _ladder_table(data: dict[str, Any]) -> str:
     rows = []
     for r in data.get("rungs") or []:
         m = r["metric"]
-        c = r.get("comparison")
-        p = "—" if not c else f"{c['delta']:+.3f}, p={c['p_value']:.3g}" + (" *" if c.get("significant") else "")
-        meets = "—" if not data.get("target") else ("yes" if r.get("meets_target") else "no")
+        p = comparison_cell(r)
+        meets = meets_cell(data, r)
         rows.append(
             f"<tr><td>{_e(r['name'])}</td><td>{_e(r.get('kind', ''))}</td>"
             f"<td class='num'>{_f(m['value'])} [{_f(m['ci_low'])}, {_f(m['ci_high'])}]</td>"
