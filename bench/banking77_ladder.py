@@ -25,12 +25,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _md import ROOT, SHARED, machine, today, write_section  # noqa: E402
 
+from rungwise.config.task import load_task, task_from_dict  # noqa: E402
 from rungwise.data.dataset import load_split  # noqa: E402
 from rungwise.data.split import stratified_sample  # noqa: E402
-from rungwise.evaluate.metrics import get_metric  # noqa: E402
+from rungwise.evaluate.registry import get_metric  # noqa: E402
 from rungwise.evaluate.stats import bootstrap_ci  # noqa: E402
 from rungwise.prompting import PromptTemplate, system_prompt  # noqa: E402
-from rungwise.task import load_task, task_from_dict  # noqa: E402
 from rungwise.train.trainer import finetune, load_tuned_backend  # noqa: E402
 
 TASK_FILE = ROOT / "benchmarks" / "banking77" / "task.yaml"
@@ -189,7 +189,7 @@ def main() -> None:
     forgetting = prev.get("forgetting")
     if forgetting is None and not args.no_forgetting:
         from rungwise.backends.local import LocalBackend
-        from rungwise.evaluate.forgetting import forgetting_check
+        from rungwise.train.forgetting import forgetting_check
 
         t1 = time.perf_counter()
         fg = forgetting_check(LocalBackend.from_spec(task.model), backend, probe="mmlu", n=200, seed=0)

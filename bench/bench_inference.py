@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from rungwise import models
     from rungwise.backends.local import LocalBackend
+    from rungwise.config.task import load_task
     from rungwise.prompting import PromptTemplate, system_prompt
-    from rungwise.task import load_task
     from rungwise.types import GenParams
 
     if args.threads:

@@ -63,7 +63,7 @@ def _peak_rss_mb() -> float:
 
 
 def run_rungwise(args: argparse.Namespace, out: Path) -> dict:
-    from rungwise.task import task_from_dict
+    from rungwise.config.task import task_from_dict
     from rungwise.train.trainer import finetune
 
     rows, _ = _rows(args.n, args.n_eval)

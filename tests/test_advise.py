@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from rungwise.advise import evaluate_factors, lean, verdict
+from rungwise.config.factors import DecisionFactors
+from rungwise.config.task import task_from_dict
 from rungwise.economics.cost import price_rungs
-from rungwise.economics.factors import DecisionFactors
-from rungwise.task import task_from_dict
 from rungwise.types import ClimbResult, Comparison, MetricValue, RungResult
 
 

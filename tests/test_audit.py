@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rungwise.config.task import task_from_dict
 from rungwise.data.audit import (
     AuditReport,
     Thresholds,
@@ -23,7 +24,6 @@ from rungwise.data.audit import (
     write_fixed,
 )
 from rungwise.errors import DataError
-from rungwise.task import task_from_dict
 from rungwise.types import Example
 
 LABELS = ["billing", "delivery", "account", "refund", "security", "cards"]

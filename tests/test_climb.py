@@ -7,8 +7,8 @@ import pytest
 from helpers import write_task
 from rungwise.backends.scripted import ScriptedBackend
 from rungwise.climb import climb, load_climb
+from rungwise.config.task import load_task
 from rungwise.store import Store
-from rungwise.task import load_task
 from rungwise.types import Chat
 
 

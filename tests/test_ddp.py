@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from rungwise.config.task import load_task
 from rungwise.data.dataset import load_split
 from rungwise.prompting import system_prompt
-from rungwise.task import load_task
 from rungwise.train.trainer import finetune
 
 pytestmark = pytest.mark.model

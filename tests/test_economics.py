@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from helpers import write_task
-from rungwise.economics.catalog import load_catalog
+from rungwise.config.economics import PriceOverrides
+from rungwise.config.task import load_task, task_from_dict
 from rungwise.economics.cost import (
     DAYS_PER_MONTH,
     HOURS_PER_MONTH,
@@ -24,9 +25,8 @@ from rungwise.economics.cost import (
     price_rungs,
     rung_kind,
 )
-from rungwise.economics.spec import PriceOverrides
 from rungwise.errors import ConfigError
-from rungwise.task import load_task, task_from_dict
+from rungwise.prices.catalog import load_catalog
 from rungwise.types import MetricValue, RungResult
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from rungwise.config.task import task_from_dict
 from rungwise.errors import DataError
-from rungwise.task import task_from_dict
 from rungwise.train.card import write_model_card
 from rungwise.train.export import chat_tokens, export, openai_epochs, to_format, validate_openai_jsonl
 from rungwise.train.trainer import FinetuneResult, finetune

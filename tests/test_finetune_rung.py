@@ -13,7 +13,7 @@ import pytest
 from helpers import ticket_rows, write_jsonl
 from rungwise.cli.core import ladder_notes
 from rungwise.climb import climb
-from rungwise.task import task_from_dict
+from rungwise.config.task import task_from_dict
 
 pytestmark = pytest.mark.model
 

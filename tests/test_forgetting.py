@@ -9,7 +9,7 @@ import pytest
 
 from rungwise.backends.scripted import ScriptedBackend
 from rungwise.errors import DataError
-from rungwise.evaluate.forgetting import ProbeQuestion, forgetting_check, load_probe, mmlu_dir
+from rungwise.train.forgetting import ProbeQuestion, forgetting_check, load_probe, mmlu_dir
 
 HAS_MMLU = (mmlu_dir() / "data" / "test").is_dir()
 
@@ -134,8 +134,8 @@ def test_real_model_scores_the_probe(tiny_llama_dir: Path, tmp_path: Path) -> No
 
 
 def test_task_settings_drive_the_check(tmp_path: Path) -> None:
-    from rungwise.evaluate.forgetting import forgetting_for_task
-    from rungwise.task import task_from_dict
+    from rungwise.config.task import task_from_dict
+    from rungwise.train.forgetting import forgetting_for_task
 
     _probe(tmp_path, 20)
     raw = {"name": "t", "data": {"path": "d.jsonl"},

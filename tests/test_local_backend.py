@@ -15,9 +15,9 @@ transformers = pytest.importorskip("transformers")
 
 from rungwise.backends import make_backend  # noqa: E402
 from rungwise.backends.local import LocalBackend  # noqa: E402
+from rungwise.config.task import ModelSpec  # noqa: E402
 from rungwise.errors import BackendError  # noqa: E402
 from rungwise.prompting import PromptTemplate  # noqa: E402
-from rungwise.task import ModelSpec  # noqa: E402
 from rungwise.types import GenParams  # noqa: E402
 
 pytestmark = pytest.mark.model

@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from rungwise.config.task import MetricSpec
 from rungwise.errors import ConfigError, DataError
-from rungwise.evaluate.metrics import (
-    METRIC_NAMES,
-    ScoreSet,
-    extract_number,
-    get_metric,
-    parse_label,
-    strip_code_fence,
-)
-from rungwise.task import MetricSpec
+from rungwise.evaluate.parsing import extract_number, parse_label, strip_code_fence
+from rungwise.evaluate.registry import get_metric, metric_names
+from rungwise.evaluate.scores import ScoreSet
 from rungwise.types import Example
 
 LABELS = ["billing", "bug", "card_arrival", "Refund_not_showing_up"]
@@ -435,7 +430,7 @@ def test_unknown_metric_names_the_field_and_lists_valid_names() -> None:
         metric("acuracy", LABELS)
     text = str(err.value)
     assert "metric.name" in text and "'acuracy'" in text and "did you mean 'accuracy'" in text
-    for name in METRIC_NAMES:
+    for name in metric_names():
         assert name in err.value.hint
     assert "python:module:function" in err.value.hint
     assert err.value.exit_code == 2
@@ -443,7 +438,7 @@ def test_unknown_metric_names_the_field_and_lists_valid_names() -> None:
 
 def test_metric_names_are_case_insensitive_and_all_constructible(tmp_path: Path) -> None:
     assert metric(" Accuracy ", LABELS).name == "accuracy"
-    for name in METRIC_NAMES:
+    for name in metric_names():
         opts = {"schema": {"type": "object"}} if name == "json_schema" else {}
         assert get_metric(MetricSpec(name=name, options=opts), LABELS, tmp_path).name == name
 

@@ -23,10 +23,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from rungwise.backends import make_backend
 from rungwise.backends.openai_compat import OpenAIBackend, _retry_after_s
 from rungwise.backends.scripted import ScriptedBackend
+from rungwise.config.task import ModelSpec
 from rungwise.errors import BackendError, ConfigError
 from rungwise.prompting import PromptTemplate
 from rungwise.serve import background, create_app
-from rungwise.task import ModelSpec
 from rungwise.types import Chat, GenParams
 
 KEY = "sk-test-" + "Zq9" * 12  # a key-shaped secret that must never leak
@@ -153,7 +153,7 @@ def test_climb_through_the_openai_backend_never_stores_or_logs_the_key(served, t
                                                                         rungwise_home: Path) -> None:
     from helpers import write_task
     from rungwise.climb import climb
-    from rungwise.task import load_task
+    from rungwise.config.task import load_task
 
     url, backend = served
     caplog.set_level(logging.DEBUG)

@@ -11,11 +11,11 @@ import pytest
 from helpers import write_task
 from rungwise.backends.scripted import ScriptedBackend
 from rungwise.climb import climb
+from rungwise.config.task import load_task
 from rungwise.errors import RungwiseError
 from rungwise.report import write_report
 from rungwise.report.data import report_data, report_data_from_store
 from rungwise.report.svg import bar_chart, line_chart, nice_ticks, score_chart
-from rungwise.task import load_task
 from rungwise.types import Chat
 
 

@@ -16,9 +16,9 @@ import pytest
 from helpers import write_task
 from rungwise.backends.scripted import ScriptedBackend
 from rungwise.climb import climb
+from rungwise.config.task import load_task
 from rungwise.report import write_report
 from rungwise.report.data import report_data_from_store
-from rungwise.task import load_task
 from rungwise.types import Chat
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install playwright")

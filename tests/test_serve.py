@@ -22,10 +22,10 @@ from helpers import write_task
 from rungwise import serve
 from rungwise.backends.openai_compat import OpenAIBackend
 from rungwise.backends.scripted import ScriptedBackend
+from rungwise.config.task import ModelSpec, load_task
 from rungwise.errors import BackendError, ConfigError
 from rungwise.prompting import PromptTemplate, system_prompt
 from rungwise.serve import MicroBatcher, background, create_app
-from rungwise.task import ModelSpec, load_task
 from rungwise.types import Chat, GenParams
 
 NAME = "tickets-few_shot"

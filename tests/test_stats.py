@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rungwise.evaluate.metrics import ScoreSet, get_metric
+from rungwise.config.task import MetricSpec
+from rungwise.evaluate.registry import get_metric
+from rungwise.evaluate.scores import ScoreSet
 from rungwise.evaluate.stats import bootstrap_ci, mcnemar_exact, paired_test, percentile
-from rungwise.task import MetricSpec
 from rungwise.types import Example
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rungwise.config.task import Task, load_task, parse_target
 from rungwise.errors import ConfigError
-from rungwise.task import Task, load_task, parse_target
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,10 +72,10 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
 def test_bad_target_and_data_source(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="target"):
         Task.model_validate  # noqa: B018 - keep import used
-        from rungwise.task import task_from_dict
+        from rungwise.config.task import task_from_dict
 
         task_from_dict({"name": "x", "data": {"path": "a"}, "target": "good enough"})
-    from rungwise.task import task_from_dict
+    from rungwise.config.task import task_from_dict
 
     with pytest.raises(ConfigError, match="either `path` or `train`"):
         task_from_dict({"name": "x", "data": {"path": "a", "train": "b", "test": "c"}})
@@ -84,7 +84,7 @@ def test_bad_target_and_data_source(tmp_path: Path) -> None:
 
 
 def test_config_hash_changes_with_config(tmp_path: Path) -> None:
-    from rungwise.task import task_from_dict
+    from rungwise.config.task import task_from_dict
 
     a = task_from_dict({"name": "x", "data": {"path": "a"}})
     b = task_from_dict({"name": "x", "data": {"path": "a", "seed": 2}})

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from rungwise.config.task import task_from_dict
 from rungwise.errors import ConfigError, Unsupported
-from rungwise.task import task_from_dict
 from rungwise.train.data import collate, encode_examples
 from rungwise.train.trainer import FinetuneResult, finetune, load_tuned_backend, load_tuned_model
 from rungwise.types import Example

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from rungwise.config.task import task_from_dict
 from rungwise.errors import ConfigError
-from rungwise.task import task_from_dict
 from rungwise.train.config import FinetuneSpec
 from rungwise.train.data import (
     IGNORE,
@@ -170,7 +170,7 @@ def test_finetune_spec_defaults_and_validation() -> None:
 
 
 def test_every_shipped_task_yaml_accepts_the_finetune_section() -> None:
-    from rungwise.task import load_task
+    from rungwise.config.task import load_task
 
     root = Path(__file__).resolve().parents[1]
     for p in list((root / "benchmarks").glob("*/task.yaml")) + list((root / "src/rungwise/templates").rglob("task.yaml")):

@@ -21,7 +21,7 @@ __all__ = ["__version__", "climb", "load_task"]
 def __getattr__(name: str) -> Any:
     # Lazy exports keep `import rungwise` light.
     if name == "load_task":
-        from rungwise.task import load_task
+        from rungwise.config.task import load_task
 
         return load_task
     if name == "climb":

@@ -22,15 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from rungwise.economics.cost import (
-    RungCost,
-    RungKind,
-    break_evens,
-    daily_volume_of,
-    price_rungs,
-    rung_kind,
-)
-from rungwise.economics.factors import (
+from rungwise.config.factors import (
     ENOUGH_EXAMPLES,
     FAST_LATENCY_MS,
     FEW_EXAMPLES,
@@ -41,7 +33,15 @@ from rungwise.economics.factors import (
     STABLE_UPDATES,
     DecisionFactors,
 )
-from rungwise.task import Target, parse_target
+from rungwise.config.task import Target, parse_target
+from rungwise.economics.cost import (
+    RungCost,
+    RungKind,
+    break_evens,
+    daily_volume_of,
+    price_rungs,
+    rung_kind,
+)
 from rungwise.types import ClimbResult, RungResult
 
 # Questions for `rungwise decide` (interactive): field -> (question, choices or type name).

@@ -18,13 +18,14 @@ from typing import Any, Protocol
 
 from rungwise import __version__
 from rungwise.backends import Backend, check_model, make_backend
+from rungwise.config.task import Task
 from rungwise.data.dataset import data_hash, load_split
 from rungwise.errors import ConfigError, RungwiseError
-from rungwise.evaluate.metrics import ScoreSet, get_metric
+from rungwise.evaluate.registry import get_metric
+from rungwise.evaluate.scores import ScoreSet
 from rungwise.evaluate.stats import bootstrap_ci, paired_test, percentile
 from rungwise.rungs import RungContext, get_rung
 from rungwise.store import Store
-from rungwise.task import Task
 from rungwise.types import ClimbResult, Comparison, Example, MetricValue, RungResult
 
 
@@ -290,7 +291,7 @@ def load_climb(climb_id: int, store: Store | None = None) -> ClimbResult:
         n_test=row["n_test"], leakage_dropped=row["leakage_exact"] + row["leakage_normalized"],
     )
     if rungs:
-        from rungwise.task import task_from_dict
+        from rungwise.config.task import task_from_dict
 
         price_and_advise(c, task_from_dict(cfg, source=f"run {climb_id} config"))
     return c

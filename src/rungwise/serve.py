@@ -53,7 +53,7 @@ from rungwise.types import Chat, Completion, GenParams
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from rungwise.task import ModelSpec, Task
+    from rungwise.config.task import ModelSpec, Task
 
 log = logging.getLogger(__name__)
 
@@ -635,7 +635,7 @@ def app_for_task(
     ``model_id`` overrides ``task.model.id``. The caller owns ``app.state.backend`` (close it).
 
     Example:
-        >>> from rungwise.task import load_task
+        >>> from rungwise.config.task import load_task
         >>> app = app_for_task(load_task("task.yaml"), "zero_shot")  # doctest: +SKIP
     """
     template = prompt_for(task, rung, run_id)

@@ -10,8 +10,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
-Role = Literal["system", "user", "assistant"]
-
 
 class Message(TypedDict):
     """One chat message, OpenAI-style: ``{"role": "user", "content": "hi"}``."""
@@ -58,14 +56,47 @@ class Example:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """What an answer must match, for constrained decoding.
+
+    ``choice``: exactly one of ``choices``; ``regex``: the whole answer matches ``pattern``;
+    ``json``: a JSON value conforming to ``json_schema`` (JSON text), or any JSON object when
+    ``json_schema`` is None. Frozen and hashable, so requests with equal constraints batch together.
+
+    Example:
+        >>> Constraint("choice", choices=("billing", "bug")).kind
+        'choice'
+    """
+
+    kind: Literal["choice", "regex", "json"]
+    choices: tuple[str, ...] = ()
+    pattern: str | None = None
+    ignore_case: bool = False
+    json_schema: str | None = None
+
+    def describe(self) -> str:
+        """One line for traces and reports."""
+        if self.kind == "choice":
+            return f"choice of {len(self.choices)}"
+        if self.kind == "regex":
+            return f"regex {self.pattern}"
+        return "json schema" if self.json_schema else "json object"
+
+
+@dataclass(frozen=True)
 class GenParams:
-    """Generation parameters shared by every backend."""
+    """Generation parameters shared by every backend.
+
+    ``constraint``: decode only answers that match it; a backend that cannot enforce it raises
+    :class:`rungwise.errors.Unsupported` rather than answer unconstrained.
+    """
 
     max_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = 0
+    constraint: Constraint | None = None
 
 
 @dataclass
@@ -73,7 +104,9 @@ class Completion:
     """One model answer with what it cost.
 
     ``cached_tokens`` is the number of prompt tokens served from a reused prefix cache
-    (local KV-cache reuse or a provider's prompt caching).
+    (local KV-cache reuse or a provider's prompt caching). ``trace`` records how the answer
+    came about, per example (retrieved chunk ids and scores, the constraint used); it is stored
+    with the prediction and shown in the report's per-example view.
     """
 
     text: str
@@ -82,6 +115,7 @@ class Completion:
     latency_s: float
     cached_tokens: int = 0
     finish_reason: str = "stop"
+    trace: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

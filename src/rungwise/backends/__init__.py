@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from rungwise.backends.base import Backend, ProgressFn
 
 if TYPE_CHECKING:
-    from rungwise.task import ModelSpec
+    from rungwise.config.task import ModelSpec
 
 __all__ = ["Backend", "ProgressFn", "check_model", "make_backend"]
 

@@ -38,7 +38,7 @@ from rungwise.errors import BackendError, ConfigError
 from rungwise.types import Chat, Completion, GenParams
 
 if TYPE_CHECKING:
-    from rungwise.task import ModelSpec
+    from rungwise.config.task import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ def audit_command(
         raise ConfigError("choose one of --json and --markdown", hint="drop one of them")
     t = None
     if task is not None:
-        from rungwise.task import load_task
+        from rungwise.config.task import load_task
 
         t = load_task(task)
     if data is None and t is None:

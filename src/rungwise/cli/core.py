@@ -180,7 +180,7 @@ def register(app: typer.Typer) -> None:
         """Climb the ladder on the held-out split and print the ladder table."""
         from rungwise.climb import climb as do_climb
         from rungwise.climb import climb_to_dict
-        from rungwise.task import load_task
+        from rungwise.config.task import load_task
 
         task = load_task(task_file)
         rep = _RichReporter(progress and not as_json)
@@ -207,7 +207,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"  {note}", highlight=False)
         console.print(_summary(result))
         console.print("[dim]* = significant at p < 0.05 (paired test against the rung below)[/]")
-        from rungwise.economics.render import print_economics
+        from rungwise.cli.render import print_economics
 
         print_economics(console, result.costs, result.verdict)
 
@@ -259,7 +259,7 @@ def register(app: typer.Typer) -> None:
         console.print(ladder_table(c))
         for note in ladder_notes(c):
             console.print(f"  {note}", highlight=False)
-        from rungwise.economics.render import print_economics
+        from rungwise.cli.render import print_economics
 
         print_economics(console, c.costs, c.verdict)
         for r in store.rungs(run_id):

@@ -42,7 +42,7 @@ def _load_run(run: str, task: Any) -> Any:
 def _ask_factors(task: Any) -> Any:
     """Ask for the decision factors task.yaml leaves unset; blank skips one."""
     from rungwise.advise import FACTOR_QUESTIONS
-    from rungwise.economics.factors import DecisionFactors
+    from rungwise.config.factors import DecisionFactors
 
     f = task.factors
     update: dict[str, Any] = {}
@@ -102,9 +102,9 @@ def register(app: typer.Typer) -> None:
         """List the price catalog: hosted models' token prices and GPU-hour prices, with sources and dates."""
         from dataclasses import asdict
 
-        from rungwise.economics.catalog import load_catalog
-        from rungwise.economics.render import prices_tables
-        from rungwise.task import load_task
+        from rungwise.cli.render import prices_tables
+        from rungwise.config.task import load_task
+        from rungwise.prices.catalog import load_catalog
 
         cat = load_catalog(load_task(task_file).economics.prices if task_file else None)
         if as_json:
@@ -132,10 +132,10 @@ def register(app: typer.Typer) -> None:
         """Cost per call, per 1,000 requests and per month of each rung, with fine-tuning break-even.
 
         Without --run, tokens are estimated from the task's data (no model is run)."""
+        from rungwise.cli.render import print_economics
+        from rungwise.config.task import load_task
         from rungwise.economics.cost import break_evens, price_profiles, price_rungs, with_overrides
         from rungwise.economics.estimate import estimate_profiles
-        from rungwise.economics.render import print_economics
-        from rungwise.task import load_task
 
         task = with_overrides(load_task(task_file), volume, price_model)
         notes: list[str] = []
@@ -170,10 +170,10 @@ def register(app: typer.Typer) -> None:
         import yaml
 
         from rungwise.advise import evaluate_factors, lean, verdict
+        from rungwise.cli.render import factors_table, print_economics, verdict_panel
+        from rungwise.config.task import load_task
         from rungwise.economics.cost import daily_volume_of, price_profiles, price_rungs, with_overrides
         from rungwise.economics.estimate import estimate_profiles
-        from rungwise.economics.render import factors_table, print_economics, verdict_panel
-        from rungwise.task import load_task
 
         task = with_overrides(load_task(task_file), volume, None)
         if ask if ask is not None else (sys.stdin.isatty() and not as_json):
@@ -242,9 +242,9 @@ def register(app: typer.Typer) -> None:
         volume: Annotated[int | None, typer.Option(min=0, help="Requests per day for the costs.")] = None,
     ) -> None:
         """Write the run's report: self-contained HTML (charts, per-example browser), Markdown and JSON."""
+        from rungwise.config.task import load_task
         from rungwise.report import write_report
         from rungwise.report.data import report_data_from_store
-        from rungwise.task import load_task
 
         task = load_task(task_file) if task_file else None
         data = report_data_from_store(run, task=task, daily_volume=volume)

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve a rung's prompt (system prompt + demos) at /v1/chat/completions, OpenAI-compatible."""
         from rungwise import serve as serving
-        from rungwise.task import load_task
+        from rungwise.config.task import load_task
 
         api_key = None
         if auth_key_env:

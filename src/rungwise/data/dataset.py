@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from rungwise.config.task import Task
 from rungwise.data.loaders import load_examples
 from rungwise.data.split import Split, make_split
 from rungwise.errors import DataError
-from rungwise.task import Task
 from rungwise.types import Example
 
 

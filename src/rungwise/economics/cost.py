@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rungwise.economics.catalog import Catalog, ModelPrice, load_catalog
-from rungwise.economics.spec import DEFAULT_DAILY_VOLUME, EconomicsSpec
+from rungwise.config.economics import DEFAULT_DAILY_VOLUME, EconomicsSpec
 from rungwise.errors import ConfigError
+from rungwise.prices.catalog import Catalog, ModelPrice, load_catalog
 from rungwise.types import RungResult
 
 DAYS_PER_MONTH = 365 / 12
@@ -446,7 +446,7 @@ def price_rungs(
 ) -> list[RungCost]:
     """Price every measured rung at the task's daily volume.
 
-    ``task`` is a :class:`rungwise.task.Task` (its ``economics`` and ``factors`` are used);
+    ``task`` is a :class:`rungwise.config.task.Task` (its ``economics`` and ``factors`` are used);
     ``daily_volume`` and ``price_model`` override the task's for what-if runs.
 
     Example:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rungwise.economics.catalog import Catalog, Gpu, load_catalog
 from rungwise.errors import ConfigError
+from rungwise.prices.catalog import Catalog, Gpu, load_catalog
 
 # Mixed-precision Adam keeps ~16 bytes per parameter (fp16 weights and gradients, fp32 master
 # weights, momentum and variance): ZeRO, Rajbhandari et al. 2020. Activations come on top.

@@ -1,9 +1,4 @@
-"""Evaluation metrics: pure functions from (predictions, examples) to per-example scores.
-
-Every metric returns a :class:`ScoreSet`: one score in [0, 1] per example, whether the
-prediction was *format-valid* (reported as its own figure, so "the model knows the answer
-but wraps it in prose" is visible apart from "the model is wrong"), and the normalized
-prediction for reports.
+"""The built-in metrics: pure functions from (predictions, examples) to a :class:`ScoreSet`.
 
 Format-valid means, per metric:
 
@@ -14,362 +9,59 @@ Format-valid means, per metric:
 - every other metric (``exact_match``, ``chrf``, ``rouge_l``, ``token_f1``, ``regex``, ``python:...``):
   the output is not empty (a ``python:`` metric may decide for itself by returning ``(score, valid)``).
 
-Models often wrap JSON in Markdown code fences (```` ```json ... ``` ````); the JSON metrics
-strip such a fence before parsing (:func:`strip_code_fence`) and do nothing cleverer than that,
-so a JSON object buried in prose counts as invalid.
+A metric is one class: its ``name``, an ``Options`` model for ``metric.options`` in task.yaml,
+``score_one`` (or ``score``), and, where it reads a fixed format, ``constraint()`` (the label
+set, a JSON schema, a pattern) for the constrained rung. The registry
+(:data:`rungwise.registry.METRICS`) finds it by name; :func:`rungwise.evaluate.registry.get_metric`
+builds it from task.yaml.
 
 Example:
-    >>> from rungwise.task import MetricSpec
     >>> from rungwise.types import Example
-    >>> m = get_metric(MetricSpec(name="accuracy"), ["billing", "bug"], Path("."))
-    >>> s = m.score(["Label: Billing.", "it is a bug"], [Example("a", "billing"), Example("b", "bug")])
+    >>> s = Accuracy(["billing", "bug"]).score(["Label: Billing.", "it is a bug"], [Example("a", "billing"), Example("b", "bug")])
     >>> s.scores, s.valid, s.value, s.valid_rate
     ([1.0, 0.0], [True, False], 0.5, 0.5)
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import importlib.util
-import inspect
 import json
 import math
 import re
-import string
-import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
+from pydantic import ConfigDict, Field, field_validator
 
+from rungwise.config.base import Strict
 from rungwise.errors import ConfigError, DataError
-from rungwise.task import MetricSpec
-from rungwise.types import Example
-
-#: Names of the built-in metrics; ``python:module:function`` adds your own.
-METRIC_NAMES: tuple[str, ...] = (
-    "exact_match",
-    "accuracy",
-    "macro_f1",
-    "json_valid",
-    "json_schema",
-    "json_fields",
-    "numeric",
-    "chrf",
-    "rouge_l",
-    "token_f1",
-    "regex",
+from rungwise.evaluate.parsing import (
+    NOT_JSON,
+    PUNCTUATION_TABLE,
+    canonical_json,
+    extract_number,
+    format_number,
+    normalize_answer,
+    parse_json,
+    parse_label,
+    strip_code_fence,
 )
-
-Aggregation = Literal["mean", "macro_f1"]
-
-
-# --------------------------------------------------------------------------------------------
-# ScoreSet
-# --------------------------------------------------------------------------------------------
+from rungwise.evaluate.scores import Aggregation, ScoreSet
+from rungwise.types import Constraint, Example
 
 
-@dataclass
-class ScoreSet:
-    """Per-example results of one metric on one rung.
-
-    ``scores[i]`` is in [0, 1]; ``valid[i]`` says whether prediction ``i`` was format-valid;
-    ``parsed[i]`` is the normalized prediction (the matched label, canonical JSON, the number).
-    ``gold`` holds the gold labels (classification metrics only), ``aggregation`` says how
-    scores combine (``mean``, or ``macro_f1`` which recomputes F1 from the labels), and
-    ``extra`` carries per-example counts some metrics expose (``json_fields``: ``tp``,
-    ``n_pred``, ``n_gold`` for micro precision/recall).
-
-    Example:
-        >>> s = ScoreSet("exact_match", [1.0, 0.0, 1.0], [True, True, False], ["a", "b", ""])
-        >>> round(s.value, 3), round(s.valid_rate, 3), s.aggregate([0, 2])
-        (0.667, 0.667, 1.0)
-    """
-
-    metric: str
-    scores: list[float]
-    valid: list[bool]
-    parsed: list[str]
-    gold: list[str] = field(default_factory=list)
-    aggregation: Aggregation = "mean"
-    extra: dict[str, list[float]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        n = len(self.scores)
-        if len(self.valid) != n or len(self.parsed) != n:
-            raise ValueError(f"ScoreSet lengths differ: scores {n}, valid {len(self.valid)}, parsed {len(self.parsed)}")
-        if self.aggregation == "macro_f1" and len(self.gold) != n:
-            raise ValueError(f"macro_f1 ScoreSet needs one gold label per example ({len(self.gold)} for {n})")
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def aggregate(self, idx: Sequence[int] | None = None) -> float:
-        """The metric over the examples ``idx`` (all when None); NaN for no examples.
-
-        ``mean`` aggregation averages the scores; ``macro_f1`` recomputes the macro-averaged
-        F1 over the gold labels present among those examples (so a bootstrap resample is scored
-        the way the full set is).
-        """
-        sel = np.arange(len(self)) if idx is None else np.asarray(idx, dtype=np.int64)
-        if sel.size == 0:
-            return float("nan")
-        return float(self.aggregate_many(sel[None, :])[0])
-
-    def aggregate_many(self, idx: np.ndarray) -> np.ndarray:
-        """Vectorized :meth:`aggregate`: one value per row of the ``(B, m)`` index matrix ``idx``."""
-        idx = np.asarray(idx, dtype=np.int64)
-        if self.aggregation == "macro_f1":
-            gold, pred, k = self.label_codes()
-            return macro_f1_codes(gold[idx], pred[idx], k)
-        return np.asarray(self.scores, dtype=np.float64)[idx].mean(axis=1)
-
-    def label_codes(self, label_index: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-        """Gold and predicted labels as integer codes, for vectorized macro-F1.
-
-        Returns ``(gold, pred, k)``: codes are in ``[0, k)``; code ``k - 1`` means "no valid
-        label" and is never a gold code. Pass ``label_index`` to share codes between two
-        ScoreSets (paired tests).
-        """
-        index = label_index if label_index is not None else build_label_index([self])
-        invalid = len(index)
-        gold = np.fromiter((index[g] for g in self.gold), dtype=np.int64, count=len(self))
-        pred = np.fromiter(
-            (index.get(p, invalid) if v else invalid for p, v in zip(self.parsed, self.valid, strict=True)),
-            dtype=np.int64,
-            count=len(self),
-        )
-        return gold, pred, invalid + 1
-
-    @property
-    def value(self) -> float:
-        """The metric over all examples."""
-        return self.aggregate()
-
-    @property
-    def valid_rate(self) -> float:
-        """Share of format-valid predictions (NaN for no examples)."""
-        return float(np.mean(self.valid)) if self.valid else float("nan")
-
-    def micro_prf(self, idx: Sequence[int] | None = None) -> tuple[float, float, float]:
-        """Micro precision, recall and F1 over fields (``json_fields`` only).
-
-        Sums matched, predicted and gold fields over the examples before dividing, so large
-        objects weigh more than in the per-example mean F1 that :attr:`value` reports.
-        """
-        if not {"tp", "n_pred", "n_gold"} <= self.extra.keys():
-            raise ValueError(f"metric {self.metric!r} has no field counts; micro_prf needs json_fields")
-        sel = slice(None) if idx is None else np.asarray(idx, dtype=np.int64)
-        tp = float(np.asarray(self.extra["tp"])[sel].sum())
-        n_pred = float(np.asarray(self.extra["n_pred"])[sel].sum())
-        n_gold = float(np.asarray(self.extra["n_gold"])[sel].sum())
-        p = tp / n_pred if n_pred else (1.0 if not n_gold else 0.0)
-        r = tp / n_gold if n_gold else (1.0 if not n_pred else 0.0)
-        f = 2 * tp / (n_pred + n_gold) if (n_pred + n_gold) else 1.0
-        return p, r, f
+class NoOptions(Strict):
+    """A metric without options."""
 
 
-def build_label_index(sets: Sequence[ScoreSet]) -> dict[str, int]:
-    """A shared label -> code mapping over the gold and valid predicted labels of ``sets``."""
-    labels: dict[str, int] = {}
-    for s in sets:
-        for g in s.gold:
-            labels.setdefault(g, len(labels))
-        for p, v in zip(s.parsed, s.valid, strict=True):
-            if v:
-                labels.setdefault(p, len(labels))
-    return labels
+@dataclass(frozen=True)
+class MetricContext:
+    """What building a metric may use besides its options: the task's labels and directory."""
 
-
-def macro_f1_codes(gold: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
-    """Macro-F1 per row of ``(B, m)`` code matrices, averaged over the gold classes of each row.
-
-    Code ``k - 1`` is "no valid label": it counts as a miss for the gold class and as a false
-    positive for no class. A class that is predicted but absent from a row's gold labels is
-    left out of that row's average (its F1 is undefined there), as in
-    ``sklearn.metrics.f1_score(average="macro", labels=<gold labels present>)``.
-
-    Example:
-        >>> import numpy as np
-        >>> float(macro_f1_codes(np.array([[0, 0, 1]]), np.array([[0, 1, 1]]), 3)[0])
-        0.6666666666666666
-    """
-    gold = np.atleast_2d(gold)
-    pred = np.atleast_2d(pred)
-    b = gold.shape[0]
-    offs = (np.arange(b, dtype=np.int64) * k)[:, None]
-    size = b * k
-    n_gold = np.bincount((offs + gold).ravel(), minlength=size).reshape(b, k)
-    n_pred = np.bincount((offs + pred).ravel(), minlength=size).reshape(b, k)
-    tp = np.bincount((offs + gold).ravel(), weights=(gold == pred).ravel(), minlength=size).reshape(b, k)
-    n_gold[:, k - 1] = 0  # the "no valid label" code is never a class of its own
-    present = n_gold > 0
-    denom = n_gold + n_pred
-    f1 = np.divide(2 * tp, denom, out=np.zeros((b, k)), where=present)
-    n_classes = present.sum(axis=1)
-    return np.divide(f1.sum(axis=1), n_classes, out=np.full(b, np.nan), where=n_classes > 0)
-
-
-# --------------------------------------------------------------------------------------------
-# Parsing helpers
-# --------------------------------------------------------------------------------------------
-
-# Wrappers a model puts around a bare answer: quotes, backticks, Markdown emphasis, brackets.
-_WRAP_CHARS = "\"'`*_“”‘’«»[]()<>"
-_TRAILING_PUNCT = ".,;:!?。"
-# "Label: billing", "Intent - billing", "**Category**: billing": a short prefix of 1-3 words.
-# A dash separates only with spaces around it, so "not-billing" never reads as "billing".
-_PREFIX_RE = re.compile(r"^\s*[*_`\"']*\s*[A-Za-z][\w ]{0,30}?[*_`\"']*(?:\s+(?:->|=>)|\s*[:=]|\s+[-–])\s*(.+)$")
-
-
-def _label_variants(line: str) -> list[str]:
-    """Candidate spellings of a label on one output line, most literal first."""
-    out: list[str] = []
-
-    def add(s: str) -> None:
-        s = s.strip()
-        if s and s not in out:
-            out.append(s)
-        # Peel wrappers and trailing punctuation alternately: "'billing'." and "**billing.**".
-        prev = None
-        while s and s != prev:
-            prev = s
-            s = s.strip().rstrip(_TRAILING_PUNCT).strip()
-            if len(s) >= 2 and s[0] in _WRAP_CHARS and s[-1] in _WRAP_CHARS:
-                s = s.strip(_WRAP_CHARS).strip()
-            if s and s not in out:
-                out.append(s)
-
-    add(line)
-    m = _PREFIX_RE.match(line)
-    if m:
-        add(m.group(1))
-    return out
-
-
-def parse_label(text: str, labels: Sequence[str]) -> str | None:
-    """The label that ``text`` states, or None when it states none of ``labels``.
-
-    Lenient about presentation, strict about content: looks only at the first non-empty
-    line, compares case-insensitively, and peels whitespace, quotes, backticks, Markdown
-    emphasis, brackets, trailing punctuation and a short ``Label:``-style prefix. It never
-    searches for a label inside a sentence, so "I think it is billing" is None: that output
-    is wrong in format, and the format-valid rate should say so.
-
-    Example:
-        >>> parse_label("  **Billing**.\\nbecause ...", ["billing", "bug"])
-        'billing'
-        >>> parse_label("Label: 'bug'", ["billing", "bug"])
-        'bug'
-        >>> parse_label("I think it is billing", ["billing", "bug"]) is None
-        True
-    """
-    by_fold = {str(lab).strip().casefold(): str(lab) for lab in labels}
-    for line in text.splitlines():
-        if line.strip():
-            for cand in _label_variants(line):
-                hit = by_fold.get(cand.casefold())
-                if hit is not None:
-                    return hit
-            return None
-    return None
-
-
-# An info string ("json") counts only when a newline follows it; an unclosed fence (the answer
-# was cut at max_tokens) runs to the end of the text.
-_FENCE_RE = re.compile(r"```(?:[ \t]*[A-Za-z0-9_+-]*[ \t]*\r?\n)?(.*?)(?:```|\Z)", re.DOTALL)
-
-
-def strip_code_fence(text: str) -> str:
-    """The content of the first Markdown code fence in ``text``, else ``text`` stripped.
-
-    Example:
-        >>> strip_code_fence('Here:\\n```json\\n{"a": 1}\\n```')
-        '{"a": 1}'
-    """
-    m = _FENCE_RE.search(text)
-    return m.group(1).strip() if m else text.strip()
-
-
-_MISSING = object()
-
-
-def parse_json(text: str) -> Any:
-    """Parse a model output as JSON after stripping a code fence; ``_MISSING`` when it does not parse."""
-    try:
-        return json.loads(strip_code_fence(text))
-    except (json.JSONDecodeError, RecursionError):
-        return _MISSING
-
-
-def canonical_json(value: Any) -> str:
-    """Compact JSON with sorted keys: equal values give equal strings."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-_NUM_RE = re.compile(r"(?<![\w.])(-)?\$?((?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?)")
-_FRACTION_RE = re.compile(r"^\s*(-)?(\d+)\s*/\s*(\d+)\s*$")
-_BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
-
-
-def extract_number(text: str) -> float | None:
-    """The final answer number in ``text``, or None.
-
-    Looks, in order, after the last ``####`` (GSM8K style), inside the last ``\\boxed{}``,
-    then anywhere, and takes the last number there. Thousands separators, a ``$`` sign and an
-    exponent are accepted ("$1,234.50" is 1234.5); a fraction counts only as the whole of a
-    ``\\boxed{}`` ("\\boxed{3/4}" is 0.75), since elsewhere "3/4" is as likely a date or a ratio.
-
-    Example:
-        >>> extract_number("She pays 3 * 4 = 12 dollars.\\n#### 12")
-        12.0
-        >>> extract_number("The answer is -1,250.5.")
-        -1250.5
-        >>> extract_number("no idea") is None
-        True
-    """
-    scopes = []
-    if "####" in text:
-        scopes.append(text.rsplit("####", 1)[1])
-    boxed = _BOXED_RE.findall(text)
-    if boxed:
-        frac = _FRACTION_RE.match(boxed[-1])
-        if frac and int(frac.group(3)) != 0:
-            value = int(frac.group(2)) / int(frac.group(3))
-            return -value if frac.group(1) else value
-        scopes.append(boxed[-1])
-    scopes.append(text)
-    for scope in scopes:
-        nums = _NUM_RE.findall(scope)
-        if nums:
-            sign, digits = nums[-1]
-            value = float(digits.replace(",", ""))
-            return -value if sign else value
-    return None
-
-
-def format_number(x: float) -> str:
-    """``12.0`` -> ``'12'``, ``0.5`` -> ``'0.5'``: how reports show an extracted number."""
-    return str(int(x)) if x.is_integer() and abs(x) < 1e16 else repr(x)
-
-
-_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
-_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD answer normalization: lowercase, drop punctuation and articles, squeeze spaces."""
-    text = _ARTICLES_RE.sub(" ", text.lower().translate(_PUNCT_TABLE))
-    return " ".join(text.split())
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------------------------
+    labels: Sequence[str] | None
+    base_dir: Path
 
 
 class Metric(ABC):
@@ -379,6 +71,17 @@ class Metric(ABC):
     """
 
     name: str = ""
+    #: The metric's options in task.yaml (``metric.options``); none by default.
+    Options: type[Strict] = NoOptions
+
+    @classmethod
+    def build(cls, options: Any, ctx: MetricContext) -> Metric:
+        """The metric for validated ``options`` (an instance of :attr:`Options`)."""
+        return cls(**options.model_dump())
+
+    def constraint(self) -> Constraint | None:
+        """The output format this metric reads, for constrained decoding; None when it reads free text."""
+        return None
 
     def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> ScoreSet:
         """Score ``predictions[i]`` against ``examples[i]`` for every i."""
@@ -415,6 +118,11 @@ class ExactMatch(Metric):
 
     name = "exact_match"
 
+    class Options(Strict):
+        model_config = ConfigDict(strict=True)
+        case_sensitive: bool = Field(False, description="Compare case-sensitively.")
+        strip: bool = Field(True, description="Strip surrounding whitespace before comparing.")
+
     def __init__(self, case_sensitive: bool = False, strip: bool = True) -> None:
         self.case_sensitive = case_sensitive
         self.strip = strip
@@ -432,6 +140,18 @@ class Accuracy(Metric):
     """Label accuracy: the prediction is read with :func:`parse_label`; no label = invalid and wrong."""
 
     name = "accuracy"
+
+    @classmethod
+    def build(cls, options: Any, ctx: MetricContext) -> Metric:
+        if not ctx.labels:
+            raise ConfigError(
+                f"field 'labels': metric {cls.name} needs the task's label set",
+                hint="add `labels: [label_a, label_b, ...]` to task.yaml, or use metric exact_match",
+            )
+        return cls(ctx.labels)
+
+    def constraint(self) -> Constraint:
+        return Constraint("choice", choices=tuple(self.labels))
 
     def __init__(self, labels: Sequence[str]) -> None:
         self.labels = [str(x) for x in labels]
@@ -475,9 +195,12 @@ class JsonValid(Metric):
 
     name = "json_valid"
 
+    def constraint(self) -> Constraint:
+        return Constraint("json")
+
     def score_one(self, prediction: str, example: Example) -> tuple[float, bool, str]:
         value = parse_json(prediction)
-        if value is _MISSING:
+        if value is NOT_JSON:
             return 0.0, False, strip_code_fence(prediction)
         return 1.0, True, canonical_json(value)
 
@@ -487,15 +210,27 @@ class JsonSchema(Metric):
 
     name = "json_schema"
 
+    class Options(Strict):
+        schema_: str | dict[str, Any] | None = Field(
+            None, alias="schema", description="A JSON schema file (relative to task.yaml) or an inline schema mapping."
+        )
+
+    @classmethod
+    def build(cls, options: Any, ctx: MetricContext) -> Metric:
+        return cls(load_schema(options.schema_, ctx.base_dir))
+
     def __init__(self, schema: dict[str, Any]) -> None:
         from jsonschema.validators import validator_for  # imported here: keeps `import rungwise` light
 
-        cls = validator_for(schema)
-        self.validator = cls(schema)
+        self.schema = schema
+        self.validator = validator_for(schema)(schema)
+
+    def constraint(self) -> Constraint:
+        return Constraint("json", json_schema=json.dumps(self.schema, sort_keys=True))
 
     def score_one(self, prediction: str, example: Example) -> tuple[float, bool, str]:
         value = parse_json(prediction)
-        if value is _MISSING:
+        if value is NOT_JSON:
             return 0.0, False, strip_code_fence(prediction)
         ok = self.validator.is_valid(value)
         return float(ok), ok, canonical_json(value)
@@ -525,6 +260,13 @@ class JsonFields(Metric):
     """
 
     name = "json_fields"
+
+    class Options(Strict):
+        model_config = ConfigDict(strict=True)
+        case_sensitive: bool = Field(False, description="Compare string values case-sensitively.")
+
+    def constraint(self) -> Constraint:
+        return Constraint("json")
 
     def __init__(self, case_sensitive: bool = False) -> None:
         self.case_sensitive = case_sensitive
@@ -558,7 +300,7 @@ class JsonFields(Metric):
         gold = self._gold(example)
         value = parse_json(prediction)
         if not isinstance(value, dict):
-            shown = strip_code_fence(prediction) if value is _MISSING else canonical_json(value)
+            shown = strip_code_fence(prediction) if value is NOT_JSON else canonical_json(value)
             return 0, 0, len(gold), False, shown
         pred = {k: self._norm(v) for k, v in _flatten(value).items()}
         tp = sum(1 for k, v in pred.items() if k in gold and gold[k] == v)
@@ -597,6 +339,11 @@ class Numeric(Metric):
 
     name = "numeric"
 
+    class Options(Strict):
+        model_config = ConfigDict(strict=True)
+        tolerance: float = Field(1e-6, ge=0, description="Absolute tolerance.")
+        rel_tolerance: float = Field(0.0, ge=0, description="Relative tolerance.")
+
     def __init__(self, tolerance: float = 1e-6, rel_tolerance: float = 0.0) -> None:
         self.tolerance = tolerance
         self.rel_tolerance = rel_tolerance
@@ -623,6 +370,11 @@ class ChrF(Metric):
     """
 
     name = "chrf"
+
+    class Options(Strict):
+        model_config = ConfigDict(strict=True)
+        char_order: int = Field(6, ge=1, le=20, description="Character n-gram order.")
+        word_order: int = Field(0, ge=0, le=4, description="Word n-gram order (2 = chrF++).")
 
     def __init__(self, char_order: int = 6, word_order: int = 0) -> None:
         from sacrebleu.metrics import CHRF  # imported here: keeps `import rungwise` light
@@ -655,8 +407,8 @@ class RougeL(Metric):
 
     def score_one(self, prediction: str, example: Example) -> tuple[float, bool, str]:
         p = prediction.strip()
-        pt = p.lower().translate(_PUNCT_TABLE).split()
-        gt = example.output.lower().translate(_PUNCT_TABLE).split()
+        pt = p.lower().translate(PUNCTUATION_TABLE).split()
+        gt = example.output.lower().translate(PUNCTUATION_TABLE).split()
         if not pt or not gt:
             return float(pt == gt and bool(p)), bool(p), p
         lcs = _lcs_len(pt, gt)
@@ -689,6 +441,31 @@ class Regex(Metric):
 
     name = "regex"
 
+    class Options(Strict):
+        model_config = ConfigDict(strict=True)
+        pattern: str | None = Field(None, description="One regular expression for every example (default: each "
+                                    "example's expected output is its own pattern).")
+        mode: Literal["search", "fullmatch"] = Field("search", description="search: anywhere; fullmatch: the whole "
+                                                     "stripped prediction.")
+        ignore_case: bool = Field(False, description="Match case-insensitively.")
+
+        @field_validator("pattern")
+        @classmethod
+        def _compiles(cls, v: str | None) -> str | None:
+            if v is not None:
+                try:
+                    re.compile(v)
+                except re.error as exc:
+                    raise ValueError(f"invalid regular expression: {exc} (YAML: single-quote it so backslashes "
+                                     "survive)") from None
+            return v
+
+    def constraint(self) -> Constraint | None:
+        # Only a task-wide pattern describes every answer; a per-example pattern cannot constrain.
+        if self.pattern is None:
+            return None
+        return Constraint("regex", pattern=self.pattern.pattern, ignore_case=bool(self.flags & re.IGNORECASE))
+
     def __init__(self, pattern: str | None = None, mode: str = "search", ignore_case: bool = False) -> None:
         self.flags = re.IGNORECASE if ignore_case else 0
         self.mode = mode
@@ -716,104 +493,8 @@ class Regex(Metric):
         return float(m is not None), bool(p), (m.group(0) if m is not None else p)
 
 
-class PythonMetric(Metric):
-    """A user metric ``python:module:function`` (or ``python:file.py:function``).
-
-    ``function(prediction: str, example: Example, **options) -> float | bool | (float, bool)``:
-    a score in [0, 1] (a bool counts as 1/0), optionally with the format-valid flag; without
-    the flag, valid means "not empty". ``options`` from task.yaml are passed as keyword
-    arguments when given.
-    """
-
-    def __init__(self, name: str, fn: Callable[..., Any], options: dict[str, Any]) -> None:
-        self.name = name
-        self.fn = fn
-        self.options = options
-
-    def score_one(self, prediction: str, example: Example) -> tuple[float, bool, str]:
-        try:
-            out = self.fn(prediction, example, **self.options)
-        except Exception as exc:  # user code: report which example and what it raised
-            raise ConfigError(
-                f"metric.name: {self.name} raised {type(exc).__name__}: {exc} on example {example.source or example.id}",
-                hint="fix the metric function (it receives the prediction text and the rungwise Example)",
-            ) from exc
-        valid = bool(prediction.strip())
-        if isinstance(out, tuple):
-            if len(out) != 2:
-                raise ConfigError(
-                    f"metric.name: {self.name} returned a tuple of {len(out)} items",
-                    hint="return a float, a bool, or (score, format_valid)",
-                )
-            out, valid = out[0], bool(out[1])
-        if isinstance(out, bool | np.bool_):
-            value = float(bool(out))
-        elif isinstance(out, int | float | np.integer | np.floating):
-            value = float(out)
-        else:
-            raise ConfigError(
-                f"metric.name: {self.name} returned {type(out).__name__} {out!r:.60}",
-                hint="return a float in [0, 1], a bool, or (score, format_valid)",
-            )
-        if not (0.0 <= value <= 1.0):  # also catches NaN
-            raise ConfigError(
-                f"metric.name: {self.name} returned {value} for example {example.source or example.id}; "
-                "scores must be in [0, 1]",
-                hint="scale the score into [0, 1] (higher = better)",
-            )
-        return value, valid, prediction.strip()
-
-
-# --------------------------------------------------------------------------------------------
-# Construction from task.yaml
-# --------------------------------------------------------------------------------------------
-
-# Allowed options per metric: name -> (type(s), check, description). Unknown keys are typos.
-_OPTIONS: dict[str, dict[str, tuple[Any, Callable[[Any], bool], str]]] = {
-    "exact_match": {
-        "case_sensitive": (bool, lambda v: True, "true or false"),
-        "strip": (bool, lambda v: True, "true or false"),
-    },
-    "accuracy": {},
-    "macro_f1": {},
-    "json_valid": {},
-    "json_schema": {"schema": ((str, dict), lambda v: True, "a schema file path or an inline schema mapping")},
-    "json_fields": {"case_sensitive": (bool, lambda v: True, "true or false")},
-    "numeric": {
-        "tolerance": ((int, float), lambda v: v >= 0, "a number >= 0"),
-        "rel_tolerance": ((int, float), lambda v: v >= 0, "a number >= 0"),
-    },
-    "chrf": {
-        "char_order": (int, lambda v: 1 <= v <= 20, "an integer 1..20"),
-        "word_order": (int, lambda v: 0 <= v <= 4, "an integer 0..4 (2 = chrF++)"),
-    },
-    "rouge_l": {},
-    "token_f1": {},
-    "regex": {
-        "pattern": (str, lambda v: True, "a regular expression"),
-        "mode": (str, lambda v: v in ("search", "fullmatch"), "'search' or 'fullmatch'"),
-        "ignore_case": (bool, lambda v: True, "true or false"),
-    },
-}
-
-
-def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    allowed = _OPTIONS[name]
-    for key, value in options.items():
-        if key not in allowed:
-            valid = ", ".join(allowed) or "none"
-            raise ConfigError(
-                f"field 'metric.options.{key}': unknown option for metric {name!r}",
-                hint=f"options of {name}: {valid}",
-            )
-        types, check, desc = allowed[key]
-        # bool is an int subclass; `tolerance: true` is a typo, not 1.
-        if (isinstance(value, bool) and types is not bool) or not isinstance(value, types) or not check(value):
-            raise ConfigError(f"field 'metric.options.{key}': got {value!r}", hint=f"use {desc}")
-    return options
-
-
-def _load_schema(spec: Any, base_dir: Path) -> dict[str, Any]:
+def load_schema(spec: Any, base_dir: Path) -> dict[str, Any]:
+    """A JSON schema from an inline mapping or a file relative to task.yaml, checked against its meta-schema."""
     if spec is None:
         raise ConfigError(
             "field 'metric.options.schema': json_schema needs a schema",
@@ -844,117 +525,3 @@ def _load_schema(spec: Any, base_dir: Path) -> dict[str, Any]:
     except SchemaError as exc:
         raise ConfigError(f"{where}: invalid JSON schema: {exc.message}", hint="fix the schema") from None
     return schema
-
-
-def _load_python_metric(name: str, options: dict[str, Any], base_dir: Path) -> PythonMetric:
-    parts = name.split(":")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise ConfigError(
-            f"field 'metric.name': {name!r} is not of the form python:module:function",
-            hint="e.g. python:my_metrics:score, with my_metrics.py next to task.yaml",
-        )
-    _, mod_name, fn_name = parts
-    try:
-        if mod_name.endswith(".py"):
-            path = Path(mod_name).expanduser()
-            path = path if path.is_absolute() else base_dir / path
-            if not path.is_file():
-                raise ConfigError(
-                    f"field 'metric.name': metric file {path} not found",
-                    hint="give the file path relative to task.yaml",
-                )
-            mod_spec = importlib.util.spec_from_file_location(f"rungwise_user_metric_{path.stem}", path)
-            assert mod_spec is not None and mod_spec.loader is not None
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            # The task's directory goes on sys.path only for the import, so a metrics module
-            # next to task.yaml works without installing it and without changing global state.
-            added = str(base_dir.resolve()) not in sys.path
-            if added:
-                sys.path.insert(0, str(base_dir.resolve()))
-            try:
-                module = importlib.import_module(mod_name)
-            finally:
-                if added:
-                    sys.path.remove(str(base_dir.resolve()))
-    except ConfigError:
-        raise
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"field 'metric.name': cannot import module {mod_name!r} ({exc})",
-            hint=f"put {mod_name.replace('.', '/')}.py next to task.yaml, install its package, or add its "
-            "directory to PYTHONPATH",
-        ) from None
-    except Exception as exc:  # a syntax error or a failing import inside the user's module
-        raise ConfigError(
-            f"field 'metric.name': importing {mod_name!r} failed: {type(exc).__name__}: {exc}",
-            hint="fix the error in the metric module",
-        ) from None
-    fn = getattr(module, fn_name, None)
-    if fn is None or not callable(fn):
-        funcs = sorted(n for n, o in vars(module).items() if inspect.isfunction(o) and not n.startswith("_"))
-        raise ConfigError(
-            f"field 'metric.name': module {mod_name!r} has no function {fn_name!r}",
-            hint=f"functions there: {', '.join(funcs) or 'none'}",
-        )
-    return PythonMetric(name, fn, dict(options))
-
-
-def get_metric(spec: MetricSpec, labels: Sequence[str] | None, base_dir: Path) -> Metric:
-    """Build the metric named in task.yaml (``spec.name`` with ``spec.options``).
-
-    ``labels`` is the task's label set (needed by accuracy and macro_f1); ``base_dir`` is the
-    task file's directory, against which file options (a schema, a metric module) resolve.
-    Bad names and options raise :class:`ConfigError` naming the field and the valid values.
-
-    Example:
-        >>> get_metric(MetricSpec(name="numeric", options={"tolerance": 0.01}), None, Path("."))
-        Numeric('numeric')
-    """
-    raw = spec.name.strip()
-    if raw.startswith("python:"):
-        return _load_python_metric(raw, spec.options, base_dir)
-    name = raw.lower()
-    if name not in _OPTIONS:
-        close = difflib.get_close_matches(name, METRIC_NAMES, n=1)
-        did = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(
-            f"field 'metric.name': unknown metric {raw!r}{did}",
-            hint=f"use one of: {', '.join(METRIC_NAMES)}, or python:module:function for your own",
-        )
-    opts = _check_options(name, dict(spec.options))
-    if name in ("accuracy", "macro_f1"):
-        if not labels:
-            raise ConfigError(
-                f"field 'labels': metric {name} needs the task's label set",
-                hint="add `labels: [label_a, label_b, ...]` to task.yaml, or use metric exact_match",
-            )
-        return (MacroF1 if name == "macro_f1" else Accuracy)(labels)
-    if name == "exact_match":
-        return ExactMatch(**opts)
-    if name == "json_valid":
-        return JsonValid()
-    if name == "json_schema":
-        return JsonSchema(_load_schema(opts.get("schema"), base_dir))
-    if name == "json_fields":
-        return JsonFields(**opts)
-    if name == "numeric":
-        return Numeric(**{k: float(v) for k, v in opts.items()})
-    if name == "chrf":
-        return ChrF(**opts)
-    if name == "rouge_l":
-        return RougeL()
-    if name == "token_f1":
-        return TokenF1()
-    # regex
-    pattern = opts.get("pattern")
-    if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ConfigError(
-                f"field 'metric.options.pattern': invalid regular expression: {exc}",
-                hint="fix the pattern (YAML: single-quote it so backslashes survive)",
-            ) from None
-    return Regex(pattern, opts.get("mode", "search"), opts.get("ignore_case", False))

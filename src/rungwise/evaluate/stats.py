@@ -13,7 +13,7 @@ All resampling is seeded (``numpy.random.default_rng(seed)``) and vectorized: 10
 of 3000 examples take a few tens of milliseconds.
 
 Example:
-    >>> from rungwise.evaluate.metrics import ScoreSet
+    >>> from rungwise.evaluate.scores import ScoreSet
     >>> a = ScoreSet("accuracy", [1.0] * 30 + [0.0] * 10, [True] * 40, [""] * 40)
     >>> ci = bootstrap_ci(a)
     >>> ci.ci_low < ci.value == 0.75 < ci.ci_high
@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from rungwise.evaluate.metrics import ScoreSet, build_label_index, macro_f1_codes
+from rungwise.evaluate.scores import ScoreSet, build_label_index, macro_f1_codes
 from rungwise.types import Comparison, MetricValue
 
 # Upper bound on resample-matrix elements held at once (int64: 8 bytes each -> 32 MB).
@@ -75,7 +75,7 @@ def bootstrap_ci(s: ScoreSet, n_resamples: int = 1000, seed: int = 0, alpha: flo
     Deterministic for a given ``seed``.
 
     Example:
-        >>> from rungwise.evaluate.metrics import ScoreSet
+        >>> from rungwise.evaluate.scores import ScoreSet
         >>> mv = bootstrap_ci(ScoreSet("exact_match", [1.0, 0.0] * 50, [True] * 100, [""] * 100))
         >>> (mv.value, mv.n, round(mv.ci_low, 2), round(mv.ci_high, 2))
         (0.5, 100, 0.4, 0.6)
@@ -140,7 +140,7 @@ def paired_test(
     ``significant`` is ``p < 0.05``. ``test`` names the method used.
 
     Example:
-        >>> from rungwise.evaluate.metrics import ScoreSet
+        >>> from rungwise.evaluate.scores import ScoreSet
         >>> hi = ScoreSet("accuracy", [1.0] * 40 + [0.0] * 10, [True] * 50, [""] * 50)
         >>> lo = ScoreSet("accuracy", [1.0] * 20 + [0.0] * 30, [True] * 50, [""] * 50)
         >>> c = paired_test(hi, lo, a_name="few_shot", b_name="zero_shot")

@@ -136,8 +136,8 @@ def report_data_from_store(
     the current task.yaml, with new volume or prices) is given; ``daily_volume`` overrides its volume.
     """
     from rungwise.climb import load_climb
+    from rungwise.config.task import task_from_dict
     from rungwise.store import Store
-    from rungwise.task import task_from_dict
 
     st = store or Store()
     if isinstance(run_id, str):

@@ -108,7 +108,7 @@ def _charts(data: dict[str, Any]) -> str:
     target_val = None
     if data.get("target"):
         try:
-            from rungwise.task import parse_target
+            from rungwise.config.task import parse_target
 
             target_val = parse_target(data["target"]).value
         except ValueError:

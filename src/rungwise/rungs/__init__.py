@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 
 from rungwise.backends.base import Backend
+from rungwise.config.task import Task
 from rungwise.errors import ConfigError
 from rungwise.prompting import PromptTemplate
 from rungwise.rungs.base import Prepared, Rung, RungContext
 from rungwise.rungs.finetune import Finetune, FinetuneMinimal
 from rungwise.rungs.prompt_rungs import FewShot, ZeroShot
-from rungwise.task import Task
 
 RUNGS: dict[str, type[Rung]] = {}
 

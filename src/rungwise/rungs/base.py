@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rungwise.backends.base import Backend, ProgressFn
+from rungwise.config.task import Task
 from rungwise.prompting import PromptTemplate, system_prompt
-from rungwise.task import Task
 from rungwise.types import Chat, Completion, Example, GenParams, RungResult
 
 

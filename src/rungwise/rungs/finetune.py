@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from rungwise import paths
+from rungwise.config.task import Task
 from rungwise.prompting import PromptTemplate
 from rungwise.rungs.base import Prepared, Rung, RungContext, base_system
-from rungwise.task import Task
 from rungwise.types import Example, RungResult
 
 
@@ -77,7 +77,7 @@ class Finetune(Rung):
         spec = task.rungs.finetune.forgetting
         if spec.enabled and not self.minimal:
             from rungwise.errors import DataError
-            from rungwise.evaluate.forgetting import forgetting_check
+            from rungwise.train.forgetting import forgetting_check
 
             try:
                 fg = forgetting_check(

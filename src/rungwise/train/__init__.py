@@ -11,5 +11,5 @@ Modules (import them directly; this package imports nothing heavy):
 - :mod:`rungwise.train.export`: ``export(source, fmt, out)``, ``validate_openai_jsonl(path)``.
 - :mod:`rungwise.train.card`: ``write_model_card(dir, result, metrics=..., forgetting=...)``.
 
-The forgetting check lives in :mod:`rungwise.evaluate.forgetting`.
+The forgetting check lives in :mod:`rungwise.train.forgetting`.
 """

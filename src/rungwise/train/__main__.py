@@ -18,9 +18,9 @@ from pathlib import Path
 
 def run(task_path: str, out: Path, *, resume: bool = True, progress: bool = True, max_steps: int | None = None) -> int:
     """Load the task, split it, fine-tune on the train split; print a one-line summary. Returns 0."""
+    from rungwise.config.task import load_task
     from rungwise.data.dataset import load_split
     from rungwise.prompting import system_prompt
-    from rungwise.task import load_task
     from rungwise.train.trainer import finetune
 
     task = load_task(task_path)

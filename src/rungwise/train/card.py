@@ -130,7 +130,7 @@ def write_model_card(
 
     ``metrics`` maps a label (e.g. ``"full prompt"``, ``"minimal prompt"``) to a
     :class:`rungwise.types.MetricValue` (or its dict); ``forgetting`` is a
-    :class:`rungwise.evaluate.forgetting.ForgettingResult` (or its dict).
+    :class:`rungwise.train.forgetting.ForgettingResult` (or its dict).
     """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)

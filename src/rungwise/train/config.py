@@ -14,19 +14,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from rungwise.config.base import Strict
 
 #: Learning rates used when ``learning_rate`` is left unset: adapters tolerate (and need) a much
 #: larger step than updating every weight of the model.
 DEFAULT_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 
 
-class _Strict(BaseModel):
-    # Unknown keys are almost always typos; say so instead of ignoring them.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-
-class ForgettingSpec(_Strict):
+class ForgettingSpec(Strict):
     """The automatic forgetting check after every fine-tune: base and tuned model scored on a
     general-ability multiple-choice probe by the log-likelihood of each choice."""
 
@@ -43,7 +41,7 @@ class ForgettingSpec(_Strict):
     )
 
 
-class FinetuneSpec(_Strict):
+class FinetuneSpec(Strict):
     """The fine-tuning rung: method, adapter shape, optimisation and validation settings.
 
     ``batch_size`` is per process (as in Hugging Face Trainer): the examples in one optimizer

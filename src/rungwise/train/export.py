@@ -123,7 +123,7 @@ def openai_epochs(n_examples: int) -> int:
 
 def _price(model: str) -> float | None:
     try:
-        from rungwise.economics.catalog import load_catalog
+        from rungwise.prices.catalog import load_catalog
 
         ft = load_catalog().model(model).finetune
         return ft.training_per_1m if ft else None
@@ -269,9 +269,9 @@ def resolve_source(source: str | Path) -> tuple[list[dict[str, Any]], FinetuneRe
     if p.is_dir() and (p / RESULT_FILE).exists():
         return _records_from_dir(p), FinetuneResult.load(p)
     if p.is_dir() and (p / "task.yaml").exists() or p.suffix in (".yaml", ".yml"):
+        from rungwise.config.task import load_task
         from rungwise.data.dataset import load_split
         from rungwise.prompting import system_prompt
-        from rungwise.task import load_task
         from rungwise.train.data import to_jsonl_records
 
         task = load_task(p)

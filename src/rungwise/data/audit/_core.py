@@ -695,7 +695,7 @@ def audit(
 
     ``data``: a data file (jsonl, chat, alpaca, csv: every line is checked, problems are findings
     with ``file:line``) or already-loaded examples (then format checks are skipped). With a
-    ``task`` (a :class:`rungwise.task.Task`), its format, columns, label set, instructions and
+    ``task`` (a :class:`rungwise.config.task.Task`), its format, columns, label set, instructions and
     model are used, ``data`` defaults to its train file, and ``test`` to its test file.
     ``tokenizer``: a Hugging Face tokenizer, ``"estimate"`` for chars/4, or None: the task's
     local model tokenizer when there is one, else the estimate. ``pii``: ``"regex"`` (built-in,

@@ -41,7 +41,7 @@ class HostedLimit:
 # articles/ai-foundry/openai/includes/fine-tune-models.md, 2025: "Training example context length: 65,536"
 # for gpt-4o-mini-2024-07-18 and gpt-4o-2024-08-06; 16,385 for gpt-35-turbo-0125), the same limits
 # OpenAI's fine-tuning guide lists. Prices: https://openai.com/api/pricing/ (2025 list prices); when the
-# price catalog (rungwise/economics/prices.yaml) has a training price for the key, that one is used.
+# price catalog (rungwise/prices/prices.yaml) has a training price for the key, that one is used.
 HOSTED: tuple[HostedLimit, ...] = (
     HostedLimit("openai/gpt-4o-mini", "gpt-4o-mini-2024-07-18", 65_536, 3.00, "2025-08-01", "https://openai.com/api/pricing/"),
     HostedLimit("openai/gpt-4o", "gpt-4o-2024-08-06", 65_536, 25.00, "2025-08-01", "https://openai.com/api/pricing/"),
@@ -54,7 +54,7 @@ DEFAULT_HOSTED = "openai/gpt-4o-mini"
 def hosted_limits() -> list[HostedLimit]:
     """The table above, with training prices taken from the price catalog where it lists them."""
     try:
-        from rungwise.economics.catalog import load_catalog
+        from rungwise.prices.catalog import load_catalog
 
         cat = load_catalog()
     except Exception:  # the catalog is optional here: an unreadable one must not break an audit

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from rungwise.backends.base import Backend
 from rungwise.errors import DataError
-from rungwise.evaluate.metrics import ScoreSet
+from rungwise.evaluate.scores import ScoreSet
 from rungwise.evaluate.stats import paired_test
 from rungwise.types import Chat
 

@@ -15,8 +15,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from rungwise.economics.catalog import Catalog
 from rungwise.economics.cost import RungCost, break_evens
+from rungwise.prices.catalog import Catalog
 
 if TYPE_CHECKING:
     from rungwise.advise import Signal, Verdict

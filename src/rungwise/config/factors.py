@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from rungwise.config.base import Strict
 
 # ------------------------------------------------------------------------------ thresholds
 # The field's rules of thumb, kept in one place so a reader can check them against the tests.
@@ -30,12 +32,8 @@ HIGH_CONSISTENCY_VALID = 0.99  # format-valid rate demanded when output consiste
 STABLE_UPDATES = ("quarterly", "yearly", "stable")  # 3+ months between requirement changes
 
 
-class _Strict(BaseModel):
-    # Unknown keys are almost always typos; say so instead of ignoring them.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-
-class DecisionFactors(_Strict):
+class DecisionFactors(Strict):
     """The factors the field weighs besides the score. All optional; `rungwise decide` asks for
     the missing ones. Each is documented with its allowed values and the threshold it feeds."""
 

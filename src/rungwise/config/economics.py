@@ -19,18 +19,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from rungwise.config.base import Strict
 
 DEFAULT_PRICE_MODEL = "openai/gpt-4o-mini"
 DEFAULT_DAILY_VOLUME = 1000
 
 
-class _Strict(BaseModel):
-    # Unknown keys are almost always typos; say so instead of ignoring them.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-
-class FinetunePriceSpec(_Strict):
+class FinetunePriceSpec(Strict):
     """A provider's fine-tuning prices for one base model ($ per 1M tokens)."""
 
     training_per_1m: float = Field(ge=0, description="Training: $ per 1M training tokens (tokens in the file x epochs).")
@@ -39,7 +37,7 @@ class FinetunePriceSpec(_Strict):
     output_per_1m: float | None = Field(None, ge=0, description="Fine-tuned model: $ per 1M output tokens.")
 
 
-class ModelPriceSpec(_Strict):
+class ModelPriceSpec(Strict):
     """One hosted model's list prices ($ per 1M tokens), with where the figure came from.
 
     In task.yaml an entry whose key is already in the catalog overrides only the fields given
@@ -67,7 +65,7 @@ class ModelPriceSpec(_Strict):
     note: str | None = Field(None, description="Anything a reader should know about the figure.")
 
 
-class GpuPriceSpec(_Strict):
+class GpuPriceSpec(Strict):
     """A GPU's hourly price you pay (overrides the catalog's public range), or a new GPU."""
 
     usd_per_gpu_hour: float = Field(gt=0, description="$ per GPU-hour you actually pay.")
@@ -78,14 +76,14 @@ class GpuPriceSpec(_Strict):
     date: str | None = Field(None, description="When the price was read.")
 
 
-class PriceOverrides(_Strict):
+class PriceOverrides(Strict):
     """Your own price entries, merged over the shipped catalog."""
 
     models: dict[str, ModelPriceSpec] = Field(default_factory=dict, description="Hosted model prices by key.")
     gpus: dict[str, GpuPriceSpec] = Field(default_factory=dict, description="GPU-hour prices by GPU key.")
 
 
-class EconomicsSpec(_Strict):
+class EconomicsSpec(Strict):
     """How to price the ladder at your volume. Every field has a default, so the block is optional."""
 
     daily_volume: int | None = Field(

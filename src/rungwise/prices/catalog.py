@@ -20,17 +20,14 @@ from importlib import resources
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from rungwise.economics.spec import FinetunePriceSpec, ModelPriceSpec, PriceOverrides
+from rungwise.config.base import Strict
+from rungwise.config.economics import FinetunePriceSpec, ModelPriceSpec, PriceOverrides
 from rungwise.errors import ConfigError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class _Offer(_Strict):
+class _Offer(Strict):
     provider: str
     instance: str
     gpus: int = Field(gt=0)
@@ -40,7 +37,7 @@ class _Offer(_Strict):
     note: str | None = None
 
 
-class _Gpu(_Strict):
+class _Gpu(Strict):
     name: str
     peak_bf16_tflops: float = Field(gt=0)
     memory_gb: float = Field(gt=0)
@@ -48,7 +45,7 @@ class _Gpu(_Strict):
     offers: list[_Offer] = Field(min_length=1)
 
 
-class _CatalogFile(_Strict):
+class _CatalogFile(Strict):
     catalog_date: str
     currency: str
     models: dict[str, ModelPriceSpec]
@@ -208,11 +205,11 @@ def _model_from_spec(key: str, spec: ModelPriceSpec, where: str) -> ModelPrice:
 
 @lru_cache(maxsize=1)
 def _shipped() -> Catalog:
-    text = resources.files("rungwise.economics").joinpath("prices.yaml").read_text(encoding="utf-8")
+    text = resources.files("rungwise.prices").joinpath("prices.yaml").read_text(encoding="utf-8")
     try:
         raw = _CatalogFile.model_validate(yaml.safe_load(text))
     except ValidationError as exc:  # a broken shipped file is a packaging bug, but say where
-        raise ConfigError(f"rungwise/economics/prices.yaml is invalid: {exc}", hint="reinstall rungwise") from None
+        raise ConfigError(f"rungwise/prices/prices.yaml is invalid: {exc}", hint="reinstall rungwise") from None
     models = {k: _model_from_spec(k, v, "prices.yaml") for k, v in raw.models.items()}
     gpus = {
         k: Gpu(
@@ -256,7 +253,7 @@ def load_catalog(overrides: PriceOverrides | None = None) -> Catalog:
     its public range with your one price.
 
     Example:
-        >>> from rungwise.economics.spec import PriceOverrides
+        >>> from rungwise.config.economics import PriceOverrides
         >>> ov = PriceOverrides.model_validate({"gpus": {"l4": {"usd_per_gpu_hour": 0.5}}})
         >>> load_catalog(ov).gpu("l4").price_range
         (0.5, 0.5)

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from rungwise.economics.factors import DecisionFactors
-from rungwise.economics.spec import EconomicsSpec
+from rungwise.config.base import Strict
+from rungwise.config.economics import EconomicsSpec
+from rungwise.config.factors import DecisionFactors
 from rungwise.errors import ConfigError
 from rungwise.train.config import FinetuneSpec
 from rungwise.types import GenParams
@@ -26,19 +27,15 @@ from rungwise.types import GenParams
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-class _Strict(BaseModel):
-    # Unknown keys are almost always typos; say so instead of ignoring them.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-
-class Columns(_Strict):
+class Columns(Strict):
     """Which fields (JSONL keys or CSV columns) hold the input and the expected output."""
 
     input: str = Field("input", description="Field or column with the model input.")
     output: str = Field("output", description="Field or column with the expected output.")
 
 
-class DataSpec(_Strict):
+class DataSpec(Strict):
     """Where the examples come from and how they are split.
 
     Give either ``path`` (one file, split by ``test_fraction`` and ``seed``) or ``train`` and
@@ -70,7 +67,7 @@ class DataSpec(_Strict):
         return self
 
 
-class MetricSpec(_Strict):
+class MetricSpec(Strict):
     """The metric. ``name`` is one of: exact_match, accuracy, macro_f1, json_valid, json_schema,
     json_fields, numeric, chrf, rouge_l, token_f1, regex, or ``python:module:function`` for your own."""
 
@@ -114,7 +111,7 @@ def parse_target(text: str) -> Target:
     return Target(metric=m.group(1), op=m.group(2), value=value)  # type: ignore[arg-type]
 
 
-class GenParamsSpec(_Strict):
+class GenParamsSpec(Strict):
     """Generation parameters."""
 
     max_tokens: int = Field(32, gt=0, description="Maximum new tokens per answer.")
@@ -127,7 +124,7 @@ class GenParamsSpec(_Strict):
         return GenParams(self.max_tokens, self.temperature, self.top_p, tuple(self.stop), self.seed)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """Which model answers, through which backend."""
 
     backend: Literal["local", "openai", "scripted"] = Field(
@@ -167,7 +164,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class FewShotSpec(_Strict):
+class FewShotSpec(Strict):
     """The few_shot rung."""
 
     k: int = Field(5, gt=0, description="Number of demonstrations from the train split.")
@@ -178,7 +175,7 @@ class FewShotSpec(_Strict):
     )
 
 
-class RungsSpec(_Strict):
+class RungsSpec(Strict):
     """Which rungs to climb, in order, and their settings."""
 
     order: list[str] = Field(default_factory=lambda: ["zero_shot", "few_shot"], description="Rungs in climbing order.")
@@ -190,7 +187,7 @@ class RungsSpec(_Strict):
     )
 
 
-class Task(_Strict):
+class Task(Strict):
     """What the user wants measured. See ``rungwise init`` for a documented example."""
 
     name: str = Field(description="Short task name, shown in reports and the run store.")
