@@ -23,6 +23,14 @@ def rungwise_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def model_loads_only_when_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test loads real model weights only when marked ``@pytest.mark.model`` (rungwise.models
+    refuses otherwise, in this process and in the CLI subprocesses it starts)."""
+    allowed = request.node.get_closest_marker("model") is not None
+    monkeypatch.setenv("RUNGWISE_ALLOW_MODEL_LOADS", "1" if allowed else "0")
+
+
 @pytest.fixture(scope="session")
 def embedded_checkpoint() -> str:
     """The embedded model converted to plain safetensors (once per machine)."""

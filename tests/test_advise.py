@@ -10,7 +10,7 @@ from rungwise.advise import evaluate_factors, lean, verdict
 from rungwise.config.factors import DecisionFactors
 from rungwise.config.task import task_from_dict
 from rungwise.economics.cost import price_rungs
-from rungwise.types import ClimbResult, Comparison, MetricValue, RungResult
+from rungwise.types import FINETUNE, PROMPT, Comparison, Ladder, MetricValue, RungResult, TrainingRecord
 
 
 def _favours(**f: Any) -> list[tuple[str, str, str]]:
@@ -77,16 +77,16 @@ def test_unknown_factor_values_are_rejected() -> None:
 # ---------------------------------------------------------------------------- the verdict
 def _rung(name: str, value: float, half: float = 0.03, *, vs: tuple[str, float, float, bool] | None = None,
           prompt: float = 200, cached: float = 0, eps: float = 10, p95: float = 0.3, valid: float = 1.0,
-          art: dict | None = None, n: int = 300) -> RungResult:
+          art: TrainingRecord | None = None, n: int = 300) -> RungResult:
     cmp = None
     if vs:
         cmp = Comparison(vs[0], vs[1], vs[1] - 0.03, vs[1] + 0.03, vs[2], "paired bootstrap", vs[3])
     return RungResult(name, MetricValue("accuracy", value, value - half, min(value + half, 1.0), n), valid, prompt, 3,
                       cached, p95 / 2, p95, eps, False, scores=[1.0] * int(n * value) + [0.0] * (n - int(n * value)),
-                      valid=[True] * n, comparison=cmp, artifact=art or {})
+                      valid=[True] * n, comparison=cmp, kind=FINETUNE if art else PROMPT, training=art)
 
 
-FT_ART = {"kind": "finetune", "train_tokens": 300_000, "epochs": 3, "train_examples": 800}
+FT_ART = TrainingRecord(examples=800, tokens=300_000, epochs=3)
 
 
 def _ladder(target: str | None = "accuracy >= 0.85", ft_value: float = 0.93) -> list[RungResult]:
@@ -99,7 +99,7 @@ def _ladder(target: str | None = "accuracy >= 0.85", ft_value: float = 0.93) -> 
 
 def _judge(rungs: list[RungResult], target: str | None = "accuracy >= 0.85", **task: Any) -> Any:
     t = task_from_dict({"name": "t", "data": {"path": "x.jsonl"}, "target": target, **task})
-    climb = ClimbResult("t", 1, rungs, target, None, rungs[0].metric.n if rungs else 0)
+    climb = Ladder("t", 1, rungs, target, None, rungs[0].metric.n if rungs else 0)
     return verdict(climb, t, price_rungs(rungs, t))
 
 
@@ -246,6 +246,6 @@ def test_an_early_stop_is_flagged() -> None:
     rungs = _ladder()[:2]
     t = task_from_dict({"name": "t", "data": {"path": "x.jsonl"}, "target": "accuracy >= 0.85",
                         "rungs": {"order": ["zero_shot", "few_shot", "finetune"]}})
-    v = verdict(ClimbResult("t", 1, rungs, "accuracy >= 0.85", "few_shot", 300), t)
+    v = verdict(Ladder("t", 1, rungs, "accuracy >= 0.85", "few_shot", 300), t)
     assert v.recommended == "few_shot"
     assert any("stopped at few_shot: finetune not measured" in w for w in v.warnings)

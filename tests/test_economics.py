@@ -23,11 +23,10 @@ from rungwise.economics.cost import (
     daily_volume_of,
     price_profiles,
     price_rungs,
-    rung_kind,
 )
 from rungwise.errors import ConfigError
 from rungwise.prices.catalog import load_catalog
-from rungwise.types import MetricValue, RungResult
+from rungwise.types import BASELINE, FINETUNE, PROMPT, MetricValue, RungResult, TrainingRecord
 
 
 def _task(**econ: object) -> object:
@@ -122,10 +121,16 @@ def test_volume_given_twice_must_agree() -> None:
 
 
 # ------------------------------------------------------------------------------ cost per call
-def test_rung_kinds() -> None:
-    assert [rung_kind(n) for n in ("zero_shot", "few_shot", "rag", "finetune", "lora", "hybrid")] == [
-        "prompt", "prompt", "rag", "finetune", "finetune", "finetune"]
-    assert rung_kind("my_plugin", {"kind": "finetune"}) == "finetune"
+def test_pricing_follows_the_declared_kind_not_the_name() -> None:
+    # A plugin rung whose name says nothing: its declared kind decides the prices.
+    trained = TokenProfile("my_plugin", 100, 0, 5, 20.0, FINETUNE, TrainingRecord(examples=10, tokens=1000, epochs=1))
+    named_like_one = TokenProfile("lora_but_prompt", 100, 0, 5)
+    [a, b] = price_profiles([trained, named_like_one], _task(daily_volume=1000))
+    assert a.hosted is not None and a.hosted.one_off is not None and "fine-tuned" in a.hosted.label
+    assert b.hosted is not None and b.hosted.one_off is None
+    no_llm = TokenProfile("classifier", 0, 0, 0, 50.0, BASELINE)
+    [c] = price_profiles([no_llm], _task(self_host_usd_per_hour=1.0))
+    assert c.hosted is None and c.self_hosted is not None
 
 
 def test_cache_hit_rate_is_poisson() -> None:
@@ -197,15 +202,16 @@ def test_no_throughput_means_no_self_hosted_price() -> None:
 
 
 # --------------------------------------------------------------------- fine-tuning and break-even
-def _ft(train_tokens: float = 1_000_000, epochs: int = 3, **art: object) -> TokenProfile:
-    return TokenProfile("finetune", 100, 0, 5, 20.0,
-                        {"kind": "finetune", "train_tokens": train_tokens, "epochs": epochs, **art})
+def _ft(train_tokens: int = 1_000_000, epochs: int = 3, examples: int = 0, seconds: float | None = None) -> TokenProfile:
+    """A fine-tuned rung whose training took ``train_tokens`` per epoch."""
+    return TokenProfile("finetune", 100, 0, 5, 20.0, FINETUNE,
+                        TrainingRecord(examples=examples, tokens=train_tokens, epochs=epochs, seconds=seconds))
 
 
 def test_finetune_one_off_hosted_and_self_hosted() -> None:
     task = _task(daily_volume=10_000, labeling_cost_per_example=0.5, retrain_every_days=30,
                  new_examples_per_retrain=100, self_host_usd_per_hour=4.0)
-    [c] = price_profiles([_ft(train_examples=600, train_seconds=7200)], task)
+    [c] = price_profiles([_ft(examples=600, seconds=7200)], task)
     h, s = c.hosted, c.self_hosted
     assert h is not None and s is not None and h.one_off is not None and s.one_off is not None
     # Hosted: 1M tokens x 3 epochs x $3/1M = $9; labeling 600 x $0.5 = $300.
@@ -235,8 +241,7 @@ def test_break_even_matches_the_closed_form() -> None:
     # retrained every 91 days at $30. Break-even volume V: V x saving = 330/365 + 30/91 per day.
     task = _task(daily_volume=20_000, labeling_cost_per_example=0.5, retrain_every_days=91, caching=False)
     prompt = TokenProfile("few_shot", 2000, 0, 10)
-    ft = TokenProfile("finetune", 100, 0, 10, 0.0, {"kind": "finetune", "train_tokens": 10_000_000, "epochs": 1,
-                                                     "train_examples": 600})
+    ft = TokenProfile("finetune", 100, 0, 10, 0.0, FINETUNE, TrainingRecord(examples=600, tokens=10_000_000, epochs=1))
     costs = price_profiles([prompt, ft], task)
     be = break_even(costs[1], costs[0])
     assert be is not None
@@ -265,7 +270,8 @@ def test_break_even_against_a_self_hosted_floor() -> None:
     task = _task(daily_volume=100_000, self_host_usd_per_hour=1.0, price_model="openai/gpt-4o", caching=False)
     prompt = TokenProfile("few_shot", 1000, 0, 10)  # $0.0026/call hosted on gpt-4o
     costs = price_profiles([prompt], task)
-    ft = price_profiles([TokenProfile("finetune", 50, 0, 10, 50.0, {"kind": "finetune", "train_seconds": 3600})],
+    ft = price_profiles([TokenProfile("finetune", 50, 0, 10, 50.0, FINETUNE,
+                                      TrainingRecord(examples=0, tokens=0, epochs=1, seconds=3600))],
                         task.model_copy(update={"economics": task.economics.model_copy(
                             update={"price_model": "google/gemini-2.0-flash"})}))  # lists no fine-tuning
     assert ft[0].hosted is None and ft[0].self_hosted is not None
@@ -277,14 +283,13 @@ def test_break_even_against_a_self_hosted_floor() -> None:
 
 
 def test_price_rungs_from_measured_results_and_curves() -> None:
-    def rr(name: str, p: float, c: float, o: float, art: dict | None = None) -> RungResult:
+    def rr(name: str, p: float, c: float, o: float, training: TrainingRecord | None = None) -> RungResult:
         return RungResult(name, MetricValue("accuracy", 0.9, 0.85, 0.95, 100), 1.0, p, o, c, 0.1, 0.2, 5.0, True,
-                          artifact=art or {})
+                          kind=FINETUNE if training else PROMPT, training=training)
 
     task = _task(daily_volume=30_000)
-    costs = price_rungs([rr("few_shot", 1500, 1400, 3), rr("finetune", 80, 0, 3, {"kind": "finetune",
-                                                                                  "train_examples": 800})], task)
-    assert costs[0].tokens.prompt_tokens == 1500 and costs[0].kind == "prompt"
+    costs = price_rungs([rr("few_shot", 1500, 1400, 3), rr("finetune", 80, 0, 3, TrainingRecord(800, 0, 1))], task)
+    assert costs[0].tokens.prompt_tokens == 1500 and costs[0].kind.name == "prompt"
     one = costs[1].hosted.one_off  # type: ignore[union-attr]
     assert one is not None and "estimated as 800 examples" in one.training_basis
     curves = cost_curves(costs)

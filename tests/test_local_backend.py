@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from rungwise.backends import make_backend  # noqa: E402
 from rungwise.backends.local import LocalBackend  # noqa: E402
-from rungwise.config.task import ModelSpec  # noqa: E402
+from rungwise.config.model import model_spec_from  # noqa: E402
 from rungwise.errors import BackendError  # noqa: E402
 from rungwise.prompting import PromptTemplate  # noqa: E402
 from rungwise.types import GenParams  # noqa: E402
@@ -251,7 +251,7 @@ def test_missing_models_raise_backend_error_with_hint(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(BackendError, match="not a model directory") as exc:
-        make_backend(ModelSpec(id=str(empty)))
+        make_backend(model_spec_from(dict(id=str(empty))))
     assert exc.value.hint
     # A hub id cannot be fetched here (HF_HUB_OFFLINE=1, no network): a clear error, not a traceback.
     with pytest.raises(BackendError, match="cannot load model") as exc:
@@ -260,7 +260,7 @@ def test_missing_models_raise_backend_error_with_hint(tmp_path: Path) -> None:
 
 
 def test_embedded_model_loads_offline_and_answers() -> None:
-    spec = ModelSpec(params={"max_tokens": 12})
+    spec = model_spec_from(dict(params={"max_tokens": 12}))
     b = make_backend(spec)
     assert isinstance(b, LocalBackend)
     assert b.model_id.startswith("local:smollm2-135m-instruct@")

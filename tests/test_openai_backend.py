@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from rungwise.backends import make_backend
 from rungwise.backends.openai_compat import OpenAIBackend, _retry_after_s
 from rungwise.backends.scripted import ScriptedBackend
-from rungwise.config.task import ModelSpec
+from rungwise.config.model import model_spec_from
 from rungwise.errors import BackendError, ConfigError
 from rungwise.prompting import PromptTemplate
 from rungwise.serve import background, create_app
@@ -99,8 +99,8 @@ def test_generation_params_are_sent_and_extra_stops_are_applied_client_side(serv
 
 def test_from_spec_and_make_backend_build_it_from_the_task_model_section(served) -> None:
     url, _ = served
-    spec = ModelSpec(backend="openai", id=SERVED, base_url=url, api_key_env="RW_TEST_KEY", concurrency=2,
-                     timeout_s=5, max_retries=0)
+    spec = model_spec_from(dict(backend="openai", id=SERVED, base_url=url, api_key_env="RW_TEST_KEY", concurrency=2,
+                     timeout_s=5, max_retries=0))
     with make_backend(spec) as b:
         assert isinstance(b, OpenAIBackend)
         assert (b.concurrency, b.timeout_s, b.max_retries) == (2, 5, 0)

@@ -17,12 +17,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import rungwise.rungs
 from helpers import write_task
 from rungwise import serve
 from rungwise.backends.openai_compat import OpenAIBackend
 from rungwise.backends.scripted import ScriptedBackend
-from rungwise.config.task import ModelSpec, load_task
+from rungwise.config.model import model_spec_from
+from rungwise.config.task import load_task
 from rungwise.errors import BackendError, ConfigError
 from rungwise.prompting import PromptTemplate, system_prompt
 from rungwise.serve import MicroBatcher, background, create_app
@@ -238,7 +238,7 @@ def test_adapter_path_is_reported_and_changes_the_fingerprint() -> None:
     with background(plain) as url:
         assert httpx.get(url + "/health").json()["system_fingerprint"] != fp_adapter
     with pytest.raises(BackendError, match="not a LoRA adapter directory"):  # a real adapter dir is required
-        serve.load_backend(ModelSpec(backend="scripted"), adapter="runs/7/adapter")
+        serve.load_backend(model_spec_from(dict(backend="scripted")), adapter="runs/7/adapter")
 
 
 def test_loopback_detection_and_exposure_warning() -> None:
@@ -266,31 +266,45 @@ def test_busy_port_is_a_clear_error() -> None:
 # -- from a task / the CLI -------------------------------------------------------------------
 
 
-def test_prompt_for_builds_or_loads_the_rung_prompt(tmp_path: Path) -> None:
+def _served_prompt(task: Any, rung: str, run_id: int | None = None) -> PromptTemplate:
+    ws, prepared = serve.prepared_for(task, rung, run_id)
+    ws.close()
+    return prepared.template
+
+
+def test_prepared_for_builds_or_loads_the_rung_prompt(tmp_path: Path) -> None:
     from rungwise.backends.scripted import ScriptedBackend
     from rungwise.climb import climb
 
     task = load_task(write_task(tmp_path))
-    assert serve.prompt_for(task, "zero_shot") == PromptTemplate(system_prompt(task.instructions, task.labels))
-    built = serve.prompt_for(task, "few_shot")
-    assert isinstance(built, PromptTemplate) and len(built.demos) == task.rungs.few_shot.k
+    assert _served_prompt(task, "zero_shot") == PromptTemplate(system_prompt(task.instructions, task.labels))
+    built = _served_prompt(task, "few_shot")
+    assert isinstance(built, PromptTemplate) and len(built.demos) == task.rungs.section("few_shot").k
     # a measured run's stored prompt is what gets served
     run = climb(task, all_rungs=True, backend=ScriptedBackend({"default": "billing"}))
-    stored = serve.prompt_for(task, "few_shot", run.run_id)
+    stored = _served_prompt(task, "few_shot", run.run_id)
     assert stored == built and [list(d) for d in stored.demos] == run.rungs[1].artifact["prompt"]["demos"]
     with pytest.raises(ConfigError, match="rag"):
-        serve.prompt_for(task, "rag")
+        _served_prompt(task, "rag")
     only_zero = climb(task, rungs=["zero_shot"], backend=ScriptedBackend({"default": "billing"}))
     with pytest.raises(ConfigError, match="has no rung 'few_shot'"):
-        serve.prompt_for(task, "few_shot", only_zero.run_id)
+        _served_prompt(task, "few_shot", only_zero.run_id)
 
 
-def test_prompt_for_nearest_neighbour_picks_demos_per_conversation(tmp_path: Path) -> None:
+def test_serving_a_rung_that_trains_never_trains(tmp_path: Path) -> None:
+    task = load_task(write_task(tmp_path))
+    with pytest.raises(ConfigError, match="has not been climbed on this task yet") as err:
+        serve.prepared_for(task, "finetune")
+    assert "rungwise climb" in (err.value.hint or "")
+
+
+def test_nearest_neighbour_demos_are_picked_per_conversation(tmp_path: Path) -> None:
     task = load_task(write_task(tmp_path, rungs={"order": ["few_shot"], "few_shot": {"k": 2, "strategy": "nearest"}}))
-    pick = serve.prompt_for(task, "few_shot")
-    assert callable(pick)
-    tpl = pick([{"role": "user", "content": "my invoice charge is wrong"}])
-    assert len(tpl.demos) == 2 and all("invoice" in d[0] for d in tpl.demos)
+    ws, prepared = serve.prepared_for(task, "few_shot")
+    ws.close()
+    assert prepared.per_example is not None
+    plan = prepared.plan(serve._example_of([{"role": "user", "content": "my invoice charge is wrong"}]))
+    assert len(plan.template.demos) == 2 and all("invoice" in d[0] for d in plan.template.demos)
 
 
 def _cli() -> typer.Typer:
@@ -327,7 +341,6 @@ def test_cli_serves_the_task_over_http(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_cli_errors_are_clear(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delattr(rungwise.rungs, "prompt_for", raising=False)
     monkeypatch.delenv("RW_SERVE_KEY", raising=False)
     task_path = str(write_task(tmp_path))
     cases = [
@@ -373,8 +386,8 @@ def test_real_tiny_model_behind_the_server(request: pytest.FixtureRequest) -> No
     local = pytest.importorskip("rungwise.backends.local", reason="the local backend (rungwise.backends.local) is not built yet")
     tiny_llama_dir: Path = request.getfixturevalue("tiny_llama_dir")  # only built when the test can run
 
-    backend = local.LocalBackend.from_spec(ModelSpec(backend="local", id=str(tiny_llama_dir), device="cpu",
-                                                     dtype="float32", batch_size=4))
+    backend = local.LocalBackend.from_spec(model_spec_from(dict(backend="local", id=str(tiny_llama_dir), device="cpu",
+                                                     dtype="float32", batch_size=4)))
     app = create_app(backend, TEMPLATE, NAME, default_params=GenParams(max_tokens=4))
     try:
         with background(app) as url:

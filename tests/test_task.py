@@ -79,7 +79,7 @@ def test_bad_target_and_data_source(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="either `path` or `train`"):
         task_from_dict({"name": "x", "data": {"path": "a", "train": "b", "test": "c"}})
-    with pytest.raises(ConfigError, match="needs `base_url`"):
+    with pytest.raises(ConfigError, match="model.base_url"):
         task_from_dict({"name": "x", "data": {"path": "a"}, "model": {"backend": "openai"}})
 
 

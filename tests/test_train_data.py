@@ -157,7 +157,7 @@ def test_finetune_spec_defaults_and_validation() -> None:
     assert FinetuneSpec(learning_rate=1e-3).lr == 1e-3
     assert FinetuneSpec().target_modules == "all-linear"
     task = task_from_dict({"name": "t", "data": {"path": "d.jsonl"}})
-    assert task.rungs.finetune == FinetuneSpec()
+    assert task.rungs.section("finetune") == FinetuneSpec()
     text = "name: t\ndata:\n  path: d.jsonl\nrungs:\n  finetune:\n    method: lora\n    rank: 8\n"
     import yaml
 
@@ -174,4 +174,4 @@ def test_every_shipped_task_yaml_accepts_the_finetune_section() -> None:
 
     root = Path(__file__).resolve().parents[1]
     for p in list((root / "benchmarks").glob("*/task.yaml")) + list((root / "src/rungwise/templates").rglob("task.yaml")):
-        assert isinstance(load_task(p).rungs.finetune, FinetuneSpec)
+        assert isinstance(load_task(p).rungs.section("finetune"), FinetuneSpec)

@@ -1,7 +1,10 @@
 """The orchestrator: climb the ladder rung by rung on one held-out split.
 
 Every prompt and completion is written to the run store as it is produced, in chunks, so an
-interrupted climb resumes (``resume=True``) without re-generating anything already stored.
+interrupted climb resumes (``resume=True``) without re-generating anything already stored. The
+rungs are prepared in one :class:`~rungwise.rungs.Workspace`, so a rung that builds on another
+(``finetune_min`` on ``finetune``) reuses its prepared model, and every backend opened during
+the climb is closed at its end.
 
 Example:
     >>> result = climb(load_task("task.yaml"), all_rungs=True)  # doctest: +SKIP
@@ -12,21 +15,33 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from rungwise import __version__
-from rungwise.backends import Backend, check_model, make_backend
-from rungwise.config.task import Task
-from rungwise.data.dataset import data_hash, load_split
-from rungwise.errors import ConfigError, RungwiseError
+from rungwise.advise import Verdict, verdict
+from rungwise.backends.base import Backend
+from rungwise.config.task import Task, task_from_dict
+from rungwise.data.dataset import examples_hash, load_split
+from rungwise.economics.cost import RungCost, price_rungs
+from rungwise.errors import ConfigError, RungwiseError, Unsupported
 from rungwise.evaluate.registry import get_metric
 from rungwise.evaluate.scores import ScoreSet
 from rungwise.evaluate.stats import bootstrap_ci, paired_test, percentile
-from rungwise.rungs import RungContext, get_rung
+from rungwise.registry import RUNGS, UnknownName
+from rungwise.rungs import BackendPool, Prepared, Rung, RungSkipped, Workspace, get_rung
 from rungwise.store import Store
-from rungwise.types import ClimbResult, Comparison, Example, MetricValue, RungResult
+from rungwise.types import (
+    PROMPT,
+    Comparison,
+    Example,
+    Ladder,
+    MetricValue,
+    RungKind,
+    RungResult,
+    TrainingRecord,
+)
 
 
 class Reporter(Protocol):
@@ -45,6 +60,14 @@ class _Quiet:
     def note(self, message: str) -> None: ...
 
 
+@dataclass
+class ClimbResult(Ladder):
+    """The measured ladder with every rung priced at the task's volume, and the verdict."""
+
+    costs: list[RungCost] = field(default_factory=list)
+    verdict: Verdict | None = None
+
+
 CHUNK = 64  # predictions per store transaction: a crash loses at most one chunk
 
 
@@ -54,8 +77,8 @@ def _check_target(task: Task) -> None:
         return
     metric = task.metric.name
     aliases = {metric, metric.split(":")[-1], "score"}
-    if metric in ("accuracy", "macro_f1", "exact_match"):
-        aliases |= {"accuracy", "acc"} if metric == "accuracy" else set()
+    if metric == "accuracy":
+        aliases |= {"accuracy", "acc"}
     if t.metric not in aliases:
         raise ConfigError(
             f"target {task.target!r} names metric {t.metric!r} but the task's metric is {metric!r}",
@@ -64,14 +87,14 @@ def _check_target(task: Task) -> None:
 
 
 def _rung_result(
-    name: str, rows: Sequence[Any], scoreset: ScoreSet, task: Task, gen_seconds: float, artifact: dict[str, Any]
+    rung: Rung, rows: Sequence[Any], scoreset: ScoreSet, task: Task, gen_seconds: float, prepared: Prepared
 ) -> RungResult:
     mv: MetricValue = bootstrap_ci(scoreset, seed=task.data.seed)
     lat = [float(r["latency_s"]) for r in rows]
     n = len(rows)
     target = task.parsed_target
     return RungResult(
-        rung=name,
+        rung=rung.name,
         metric=mv,
         format_valid_rate=scoreset.valid_rate,
         mean_prompt_tokens=sum(r["prompt_tokens"] for r in rows) / n,
@@ -84,8 +107,15 @@ def _rung_result(
         scores=list(scoreset.scores),
         valid=list(scoreset.valid),
         predictions=[r["completion"] for r in rows],
-        artifact={k: v for k, v in artifact.items() if not k.startswith("_")},
+        kind=rung.kind,
+        **_from_artifact(prepared),
     )
+
+
+def _from_artifact(prepared: Prepared) -> dict[str, Any]:
+    """What a result carries from the rung's artifact (refreshed after ``finalize``)."""
+    art = prepared.artifact
+    return {"artifact": art.model_dump(mode="json"), "training": art.training(), "notes": art.notes()}
 
 
 def result_to_dict(r: RungResult, with_examples: bool = False) -> dict[str, Any]:
@@ -94,6 +124,34 @@ def result_to_dict(r: RungResult, with_examples: bool = False) -> dict[str, Any]
         for k in ("scores", "valid", "predictions"):
             d.pop(k)
     return d
+
+
+def _resume_row(store: Store, resume: bool | int, task: Task, config_hash: str) -> Any:
+    """The climb to resume (None: start a new one), refused with the reason when it cannot be."""
+    row = store.climb(int(resume)) if not isinstance(resume, bool) else store.latest_unfinished(config_hash)
+    if row is not None and row["config_hash"] != config_hash:
+        raise RungwiseError(
+            f"run {row['id']} was made with a different task config (hash {row['config_hash']}, now {config_hash})",
+            hint="resume only with the same task.yaml, or start a new run without --resume",
+        )
+    return row
+
+
+def _check_resumable(row: Any, train: Sequence[Example], test: Sequence[Example], limit: int | None) -> None:
+    """Resuming is only honest on the same data and the same test slice: refuse otherwise."""
+    stored_limit = json.loads(row["options_json"]).get("limit")
+    if limit != stored_limit:
+        raise RungwiseError(
+            f"run {row['id']} was started with --limit {stored_limit or 'none'}; this resume asks for "
+            f"--limit {limit or 'none'}",
+            hint=f"resume with the same --limit ({stored_limit or 'none'}), or start a new run without --resume",
+        )
+    for what, examples, col in (("train", train, "train_hash"), ("test", test, "test_hash")):
+        if examples_hash(examples) != row[col]:
+            raise RungwiseError(
+                f"run {row['id']} was made on different {what} data (the data file changed since it started)",
+                hint="restore the data the run was started with, or start a new run without --resume",
+            )
 
 
 def climb(
@@ -109,8 +167,10 @@ def climb(
 ) -> ClimbResult:
     """Measure each rung on the held-out test split; stop at the first meeting the target unless ``all_rungs``.
 
-    ``resume``: True resumes the latest unfinished climb of this exact config, an int resumes that run id.
-    ``backend``: use this backend instead of building one from ``task.model`` (tests, embedding).
+    ``resume``: True resumes the latest unfinished climb of this exact config, an int resumes that
+    run id; the data and ``limit`` must be those the run started with.
+    ``backend``: use this backend instead of building one from ``task.model`` (tests, embedding);
+    the caller keeps ownership and closes it.
     """
     reporter = reporter or _Quiet()
     store = store or Store()
@@ -119,91 +179,64 @@ def climb(
     rung_objs = [get_rung(n) for n in order]  # unknown rung names fail before any work
     metric = get_metric(task.metric, task.labels, task.base_dir)
     split = load_split(task)
+    config_hash = task.config_hash()
+    row = _resume_row(store, resume, task, config_hash) if resume else None
+    if resume and row is None:
+        reporter.note("nothing to resume for this task config: starting a new run")
+    if row is not None and limit is None:
+        limit = json.loads(row["options_json"]).get("limit")  # a bare --resume keeps the run's own limit
     test: list[Example] = split.test[:limit] if limit else split.test
-    model_id = backend.model_id if backend else check_model(task.model)
+    model_id = backend.model_id if backend else task.model.describe()
     if split.leakage.count:
         reporter.note(
             f"leakage: {split.leakage.count} test example(s) duplicated train inputs and were dropped "
             f"({len(split.leakage.exact)} exact, {len(split.leakage.normalized)} after normalization)"
         )
-
-    backend_box: list[Backend] = [backend] if backend else []
-
-    def shared_backend() -> Backend:
-        if not backend_box:
-            backend_box.append(make_backend(task.model))
-        return backend_box[0]
-
-    config_hash = task.config_hash()
-    options = {"limit": limit, "rungs": order}
-    climb_id: int | None = None
-    if resume:
-        row = store.climb(int(resume)) if not isinstance(resume, bool) else store.latest_unfinished(config_hash)
-        if row is None:
-            reporter.note("nothing to resume for this task config: starting a new run")
-        else:
-            if row["config_hash"] != config_hash:
-                raise RungwiseError(
-                    f"run {row['id']} was made with a different task config (hash {row['config_hash']}, now {config_hash})",
-                    hint="resume only with the same task.yaml, or start a new run without --resume",
-                )
-            climb_id = int(row["id"])
-            stored = json.loads(row["options_json"])
-            if limit is None and stored.get("limit"):
-                limit = stored["limit"]
-                test = split.test[:limit]
-            reporter.note(f"resuming run {climb_id}")
-    if climb_id is None:
+    if row is not None:
+        _check_resumable(row, split.train, test, limit)
+        climb_id = int(row["id"])
+        store.set_climb_status(climb_id, "running")
+        reporter.note(f"resuming run {climb_id}")
+    else:
         climb_id = store.create_climb(
             task_name=task.name,
             task_path=str(task.source_path or ""),
             config_hash=config_hash,
             config_json=json.dumps(task.model_dump(mode="json")),
-            train_hash=data_hash(split.train),
-            test_hash=data_hash(test),
+            train_hash=examples_hash(split.train),
+            test_hash=examples_hash(test),
             model_id=model_id,
             n_train=len(split.train),
             n_test=len(test),
             leakage_exact=len(split.leakage.exact),
             leakage_normalized=len(split.leakage.normalized),
-            options_json=json.dumps(options),
+            options_json=json.dumps({"limit": limit, "rungs": order}),
             rungwise_version=__version__,
         )
-    else:
-        store.set_climb_status(climb_id, "running")
 
+    workspace = Workspace(
+        task, split.train, BackendPool(task.model.build, borrowed=backend),
+        stored=lambda name: store.latest_artifact(name, str(workspace.work_dir(name))),
+        quick_limit=limit,
+    )
+    params = task.model.params.to_params()
     results: list[RungResult] = []
+    notes: list[str] = []
     prev: tuple[str, ScoreSet] | None = None
     stopped_at: str | None = None
     try:
         for pos, (name, rung) in enumerate(zip(order, rung_objs, strict=True)):
-            row = store.get_or_create_rung(climb_id, name, pos)
-            rung_id = int(row["id"])
-            ctx = RungContext(task=task, train=split.train, backend_factory=shared_backend)
-            prepared = rung.prepare(ctx)
-            store.set_rung_artifact(rung_id, prepared.artifact)
-            done = store.predictions(rung_id)
-            todo = [(i, ex) for i, ex in enumerate(test) if ex.id not in done]
-            reporter.rung_start(name, len(test), len(test) - len(todo))
-            params = task.model.params.to_params()
-            for start in range(0, len(todo), CHUNK):
-                chunk = todo[start : start + CHUNK]
-                be = prepared.backend or shared_backend()
-                t0 = time.perf_counter()
-                comps = rung.predict(prepared, [ex for _, ex in chunk], be, params, reporter.advance)
-                store.add_gen_seconds(rung_id, time.perf_counter() - t0)
-                store.add_predictions(
-                    rung_id,
-                    [
-                        {
-                            "example_id": ex.id, "example_index": i, "source": ex.source, "input": ex.input,
-                            "expected": ex.output, "prompt": prepared.prompt_for(ex), "completion": c.text,
-                            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                            "cached_tokens": c.cached_tokens, "latency_s": c.latency_s,
-                        }
-                        for (i, ex), c in zip(chunk, comps, strict=True)
-                    ],
-                )
+            rung_id = int(store.get_or_create_rung(climb_id, name, pos)["id"])
+            try:
+                prepared = workspace.prepare(name)
+                store.set_rung_artifact(rung_id, prepared.artifact.model_dump(mode="json"), str(workspace.work_dir(name)))
+                _predict_missing(store, rung_id, rung, prepared, test, workspace, params, reporter)
+            except (RungSkipped, Unsupported) as exc:
+                reason = exc.message if isinstance(exc, RungSkipped) else f"unsupported by this backend: {exc.message}"
+                store.skip_rung(rung_id, reason)
+                notes.append(f"{name} skipped: {reason}")
+                reporter.note(f"{name} skipped: {reason}")
+                continue
             stored = store.predictions(rung_id)
             rows = [stored[ex.id] for ex in test]
             scoreset = metric.score([r["completion"] for r in rows], test)
@@ -211,12 +244,14 @@ def climb(
                 rung_id, [(ex.id, s, v, p) for ex, s, v, p in zip(test, scoreset.scores, scoreset.valid, scoreset.parsed, strict=True)]
             )
             gen_seconds = float(store.rung(rung_id)["gen_seconds"])
-            result = _rung_result(name, rows, scoreset, task, gen_seconds, prepared.artifact)
+            result = _rung_result(rung, rows, scoreset, task, gen_seconds, prepared)
             result.id = rung_id
             if prev is not None:
                 result.comparison = paired_test(scoreset, prev[1], a_name=name, b_name=prev[0], seed=task.data.seed)
-            rung.finalize(ctx, prepared, result, results)
-            store.set_rung_artifact(rung_id, prepared.artifact)
+            rung.finalize(workspace.context(name), prepared, result, results)
+            for key, value in _from_artifact(prepared).items():
+                setattr(result, key, value)
+            store.set_rung_artifact(rung_id, result.artifact)
             store.finish_rung(rung_id, result_to_dict(result))
             reporter.rung_end(result)
             results.append(result)
@@ -231,9 +266,7 @@ def climb(
         store.set_climb_status(climb_id, "failed")
         raise
     finally:
-        for b in backend_box:
-            if b is not backend:
-                b.close()
+        workspace.close()
 
     out = ClimbResult(
         task=task.name,
@@ -243,6 +276,7 @@ def climb(
         stopped_at=stopped_at,
         n_test=len(test),
         leakage_dropped=split.leakage.count,
+        notes=notes,
     )
     if results:
         price_and_advise(out, task)
@@ -250,33 +284,67 @@ def climb(
     return out
 
 
+def _predict_missing(
+    store: Store, rung_id: int, rung: Rung, prepared: Prepared, test: Sequence[Example], workspace: Workspace,
+    params: Any, reporter: Reporter,
+) -> None:
+    """Answer the test examples the store has no prediction for yet, a chunk per transaction."""
+    done = store.predictions(rung_id)
+    todo = [(i, ex) for i, ex in enumerate(test) if ex.id not in done]
+    reporter.rung_start(rung.name, len(test), len(test) - len(todo))
+    backend = prepared.backend or workspace.backends.shared()
+    for start in range(0, len(todo), CHUNK):
+        chunk = todo[start : start + CHUNK]
+        t0 = time.perf_counter()
+        answers = rung.predict(prepared, [ex for _, ex in chunk], backend, params, reporter.advance)
+        store.add_gen_seconds(rung_id, time.perf_counter() - t0)
+        store.add_predictions(
+            rung_id,
+            [
+                {
+                    "example_id": ex.id, "example_index": i, "source": ex.source, "input": ex.input,
+                    "expected": ex.output, "prompt": a.prompt, "completion": a.completion.text,
+                    "prompt_tokens": a.completion.prompt_tokens, "completion_tokens": a.completion.completion_tokens,
+                    "cached_tokens": a.completion.cached_tokens, "latency_s": a.completion.latency_s,
+                    "trace": a.completion.trace,
+                }
+                for (i, ex), a in zip(chunk, answers, strict=True)
+            ],
+        )
+
+
 def price_and_advise(c: ClimbResult, task: Task) -> ClimbResult:
     """Price every measured rung at the task's volume and attach the verdict (pure; no model calls)."""
-    from rungwise.advise import verdict
-    from rungwise.economics.cost import price_rungs
-
     c.costs = price_rungs(c.rungs, task)
     c.verdict = verdict(c, task, c.costs)
     return c
 
 
 def climb_to_dict(c: ClimbResult, with_examples: bool = False) -> dict[str, Any]:
-    d = asdict(replace(c, costs=[], verdict=None))
+    d = asdict(Ladder(c.task, c.run_id, [], c.target, c.stopped_at, c.n_test, c.leakage_dropped, c.notes))
     d["rungs"] = [result_to_dict(r, with_examples) for r in c.rungs]
     d["costs"] = [x.to_dict() for x in c.costs]
     d["verdict"] = c.verdict.to_dict() if c.verdict is not None else None
     return d
 
 
-def comparison_from_dict(d: dict[str, Any] | None) -> Comparison | None:
-    return Comparison(**d) if d else None
-
-
 def rung_result_from_dict(d: dict[str, Any]) -> RungResult:
+    """A stored rung result, read back (results stored before rung kinds existed get their
+    rung class's kind, or ``prompt`` for a rung no longer installed)."""
     d = dict(d)
     d["metric"] = MetricValue(**d["metric"])
-    d["comparison"] = comparison_from_dict(d.get("comparison"))
+    d["comparison"] = Comparison(**d["comparison"]) if d.get("comparison") else None
+    kind = d.get("kind")
+    d["kind"] = RungKind(**kind) if isinstance(kind, dict) else _registered_kind(d["rung"])
+    d["training"] = TrainingRecord(**d["training"]) if d.get("training") else None
     return RungResult(**d)
+
+
+def _registered_kind(name: str) -> RungKind:
+    try:
+        return RUNGS.get(name).kind
+    except UnknownName:
+        return PROMPT
 
 
 def load_climb(climb_id: int, store: Store | None = None) -> ClimbResult:
@@ -284,17 +352,13 @@ def load_climb(climb_id: int, store: Store | None = None) -> ClimbResult:
     store = store or Store()
     row = store.climb(climb_id)
     rungs = [rung_result_from_dict(json.loads(r["result_json"])) for r in store.rungs(climb_id) if r["result_json"]]
+    skipped = [f"{r['name']} skipped: {r['skip_reason']}" for r in store.rungs(climb_id) if r["status"] == "skipped"]
     cfg = json.loads(row["config_json"])
     c = ClimbResult(
         task=row["task_name"], run_id=climb_id, rungs=rungs, target=cfg.get("target"),
         stopped_at=(json.loads(row["result_json"]) or {}).get("stopped_at") if row["result_json"] else None,
-        n_test=row["n_test"], leakage_dropped=row["leakage_exact"] + row["leakage_normalized"],
+        n_test=row["n_test"], leakage_dropped=row["leakage_exact"] + row["leakage_normalized"], notes=skipped,
     )
     if rungs:
-        from rungwise.config.task import task_from_dict
-
         price_and_advise(c, task_from_dict(cfg, source=f"run {climb_id} config"))
     return c
-
-
-ProgressCallback = Callable[[int], None]

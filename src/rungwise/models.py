@@ -26,6 +26,28 @@ from rungwise._deps import require
 from rungwise.errors import BackendError
 
 EMBEDDED_IDS = {"smollm2-135m-instruct", "smollm2", "embedded", "default"}
+
+#: Set to 0 to forbid loading real model weights in this process (the test suite does, for every
+#: test not marked ``model``), in the spirit of pydantic-ai's ``ALLOW_MODEL_REQUESTS``.
+ALLOW_ENV = "RUNGWISE_ALLOW_MODEL_LOADS"
+
+
+class ModelLoadsForbidden(RuntimeError):
+    """A real model was about to be loaded where model loads are switched off (a test without the
+    ``model`` marker). Not a user error: it is a bug in the test."""
+
+
+def check_model_loads_allowed(what: str) -> None:
+    """Raise :class:`ModelLoadsForbidden` when ``$RUNGWISE_ALLOW_MODEL_LOADS`` is 0.
+
+    Every path that loads real weights (causal LMs, tokenizers, the GGUF conversion, sentence
+    embedders) calls this first, so a unit test cannot reach a real model by accident.
+    """
+    if os.environ.get(ALLOW_ENV, "1").strip() == "0":
+        raise ModelLoadsForbidden(
+            f"loading {what} is switched off here ({ALLOW_ENV}=0): mark the test @pytest.mark.model, or use the "
+            "scripted backend"
+        )
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -117,6 +139,7 @@ def _convert_gguf(rm: ResolvedModel) -> Path:
     dest = root / rm.sha256[:16]
     if (dest / "rungwise.json").exists():
         return dest
+    check_model_loads_allowed(f"the GGUF {rm.gguf_path.name} (conversion)")
     transformers = require("transformers")
     torch = require("torch")
     require("gguf")
@@ -178,6 +201,7 @@ def pick_device(device: str) -> str:
 
 
 def load_tokenizer(rm: ResolvedModel, trust_remote_code: bool = False) -> Any:
+    check_model_loads_allowed(f"the tokenizer of {rm.model_id}")
     transformers = require("transformers")
     tok = transformers.AutoTokenizer.from_pretrained(checkpoint_dir(rm), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
@@ -193,6 +217,7 @@ def load_causal_lm(
     Example:
         >>> model, tok = load_causal_lm(resolve("smollm2-135m-instruct"))  # doctest: +SKIP
     """
+    check_model_loads_allowed(f"the model {rm.model_id}")
     transformers = require("transformers")
     torch = require("torch")
     _quiet_transformers()

@@ -69,6 +69,11 @@ class Registry(Generic[T]):
         if name in self._order:
             self._order.remove(name)
 
+    def refresh(self) -> None:
+        """Look for newly installed plugins again (entry points are read once, on first use)."""
+        self._discovered = False
+        self._discover()
+
     def _discover(self) -> None:
         if self._discovered:
             return

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,17 +48,25 @@ from rungwise._deps import require
 from rungwise.backends.base import Backend
 from rungwise.errors import BackendError, ConfigError, RungwiseError, Unsupported
 from rungwise.prompting import PromptTemplate
-from rungwise.types import Chat, Completion, GenParams
+from rungwise.rungs import Prepared, RungArtifact, Workspace
+from rungwise.types import Chat, Completion, Example, GenParams
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from rungwise.config.task import ModelSpec, Task
+    from rungwise.config.model import ModelSpec
+    from rungwise.config.task import Task
 
 log = logging.getLogger(__name__)
 
-#: A fixed prompt, or a function choosing one per conversation (e.g. nearest-neighbour demos).
-TemplateLike = PromptTemplate | Callable[[Chat], PromptTemplate]
+def _as_prepared(rung: PromptTemplate | Prepared) -> Prepared:
+    return rung if isinstance(rung, Prepared) else Prepared(RungArtifact(), rung)
+
+
+def _example_of(chat: Chat) -> Example:
+    """An incoming conversation as the rung sees an input: its last user turn is the input."""
+    user = [m["content"] for m in chat if m["role"] == "user"]
+    return Example(input=user[-1] if user else "", output="", messages=tuple(chat))
 
 
 
@@ -270,7 +278,7 @@ def _usage(c: Completion) -> dict[str, Any]:
 
 def create_app(
     backend: Backend,
-    template: TemplateLike,
+    rung: PromptTemplate | Prepared,
     model_name: str,
     *,
     default_params: GenParams | None = None,
@@ -279,13 +287,13 @@ def create_app(
     max_batch: int = 8,
     batch_window_s: float = 0.005,
 ) -> "FastAPI":
-    """An OpenAI-compatible app serving ``backend`` with ``template`` prepended to every chat.
+    """An OpenAI-compatible app serving ``backend`` with a rung's prompt around every chat.
 
     Args:
         backend: answers the prompts; only the app's batcher thread ever calls it.
-        template: the rung's prompt (system prompt + demos), rendered with
-            :meth:`PromptTemplate.render` (a client's own system message replaces the rung's,
-            as it does for chat-format data), or a function choosing one per conversation.
+        rung: a prepared rung (its prompt per conversation: fixed demos, nearest-neighbour demos or
+            retrieved context, and its output constraint), or just a fixed prompt. A client's own
+            system message replaces the rung's, as it does for chat-format data.
         model_name: the name clients send as ``model``; any other name gets a 404.
         default_params: generation parameters where the request gives none (the task's
             ``model.params``, so the served rung answers as it was measured).
@@ -310,7 +318,8 @@ def create_app(
     batcher = MicroBatcher(backend, max_batch=max_batch, window_s=batch_window_s)
     created = int(time.time())
     adapter_str = str(adapter) if adapter is not None else None
-    tpl_desc = template.to_dict() if isinstance(template, PromptTemplate) else getattr(template, "__name__", "dynamic")
+    prepared = _as_prepared(rung)
+    tpl_desc = prepared.artifact.model_dump(mode="json") | {"prompt": prepared.template.to_dict()}
     # Identifies model + prompt + adapter: a client can tell when the served rung changed.
     fingerprint = "rw_" + hashlib.sha256(
         json.dumps([backend.model_id, tpl_desc, adapter_str], sort_keys=True, default=str).encode()
@@ -326,7 +335,7 @@ def create_app(
     )
     app.state.backend = backend
     app.state.batcher = batcher
-    app.state.template = template
+    app.state.prepared = prepared
     app.state.model_name = model_name
     app.state.requires_key = api_key is not None
 
@@ -362,7 +371,7 @@ def create_app(
             "model": model_name,
             "backend": backend.model_id,
             "adapter": adapter_str,
-            "demos": len(template.demos) if isinstance(template, PromptTemplate) else None,
+            "demos": len(prepared.template.demos) if prepared.per_example is None else None,
             "system_fingerprint": fingerprint,
             "requests": batcher.requests,
             "batches": batcher.batches,
@@ -404,9 +413,9 @@ def create_app(
         if req.model and req.model != model_name:
             return _error(404, f"The model `{req.model}` does not exist; this server serves `{model_name}`.",
                           param="model", code="model_not_found")
-        tpl = template if isinstance(template, PromptTemplate) else template(chat)
+        ex = _example_of(chat)
         try:
-            c = await asyncio.wrap_future(batcher.submit(tpl.render(chat), req.params(defaults)))
+            c = await asyncio.wrap_future(batcher.submit(prepared.plan(ex).chat(ex), prepared.params(req.params(defaults))))
         except Unsupported as exc:
             return _error(400, str(exc))
         except RungwiseError as exc:
@@ -485,7 +494,7 @@ def banner(app: "FastAPI", host: str, port: int) -> str:
     """What ``run`` prints on start: where it listens, what it serves, and a request to try."""
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     st = app.state
-    demos = len(st.template.demos) if isinstance(st.template, PromptTemplate) else "per-request"
+    demos = len(st.prepared.template.demos) if st.prepared.per_example is None else "per-request"
     body = json.dumps({"model": st.model_name, "messages": [{"role": "user", "content": "hello"}]})
     auth = " -H 'Authorization: Bearer $KEY'" if st.requires_key else ""
     return (
@@ -575,23 +584,46 @@ def background(app: "FastAPI", host: str = "127.0.0.1", port: int = 0, *, startu
 # -- from a task -----------------------------------------------------------------------------
 
 
-def prompt_for(task: "Task", rung: str = "zero_shot", run_id: int | str | None = None) -> TemplateLike:
-    """The prompt a rung serves: its stored artifact (``run_id``) or the one rebuilt from the
-    task's train split. Rungs whose prompt depends on the input (nearest-neighbour demos) give a
-    function of the conversation, built over the same train split as in the climb."""
-    from rungwise.rungs import prepared_for
-    from rungwise.types import Example
+def prepared_for(task: "Task", rung: str = "zero_shot", run_id: int | str | None = None) -> tuple[Workspace, Prepared]:
+    """The rung to serve, in a workspace the caller closes: loaded from the artifact stored by
+    climb ``run_id`` (or by the latest climb of this rung on this task), else prepared from the
+    task's train split when the rung is cheap to prepare (a prompt); a rung that trains or
+    indexes is never prepared here: it must have been climbed.
 
-    prepared = prepared_for(task, rung, int(run_id) if run_id is not None else None)
-    if prepared.per_example is None:
-        return prepared.template
-    pick = prepared.per_example
+    Example:
+        >>> ws, prepared = prepared_for(load_task("task.yaml"), "few_shot")  # doctest: +SKIP
+        >>> ws.close()  # doctest: +SKIP
+    """
+    from rungwise.data.dataset import load_split
+    from rungwise.rungs import BackendPool, get_rung
+    from rungwise.store import Store
 
-    def per_chat(chat: Chat) -> PromptTemplate:
-        user = [m["content"] for m in chat if m["role"] == "user"]
-        return pick(Example(input=user[-1] if user else "", output=""))
-
-    return per_chat
+    rung_obj = get_rung(rung)
+    split = load_split(task)
+    ws = Workspace(task, split.train, BackendPool(task.model.build))
+    try:
+        store = Store()
+        if run_id is not None:
+            stored = {r["name"]: r for r in store.rungs(int(run_id))}
+            if rung not in stored or stored[rung]["status"] != "done":
+                measured = [n for n, r in stored.items() if r["status"] == "done"]
+                raise ConfigError(
+                    f"run {run_id} has no rung {rung!r} (it has: {', '.join(measured) or 'none'})",
+                    hint="pick a rung that run measured, see `rungwise runs show ID`",
+                )
+            return ws, ws.load(rung, json.loads(stored[rung]["artifact_json"]), where=f"run {run_id}")
+        latest = store.latest_artifact(rung, str(ws.work_dir(rung)))
+        if latest is not None:
+            return ws, ws.load(rung, latest, where=f"the latest {rung} climb")
+        if not rung_obj.cheap_to_prepare:
+            raise ConfigError(
+                f"rung {rung!r} has not been climbed on this task yet, and serving never trains or indexes",
+                hint=f"climb it first (rungwise climb {task.source_path or 'task.yaml'} --rungs {rung}), then serve",
+            )
+        return ws, ws.prepare(rung)
+    except BaseException:
+        ws.close()
+        raise
 
 
 def load_backend(spec: "ModelSpec", adapter: str | Path | None = None) -> Backend:
@@ -601,17 +633,7 @@ def load_backend(spec: "ModelSpec", adapter: str | Path | None = None) -> Backen
         from rungwise.train.trainer import load_adapter_backend
 
         return load_adapter_backend(spec, adapter)
-    from rungwise.backends import make_backend
-
-    try:
-        return make_backend(spec)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("rungwise."):
-            raise BackendError(
-                f"the {spec.backend!r} backend is not available in this install ({exc.name} is missing)",
-                hint="use model.backend: openai (any OpenAI-compatible server) or upgrade rungwise",
-            ) from None
-        raise
+    return spec.build()
 
 
 def served_name(task: "Task", rung: str) -> str:
@@ -630,23 +652,32 @@ def app_for_task(
     api_key: str | None = None,
     max_batch: int = 8,
 ) -> "FastAPI":
-    """Everything ``rungwise serve`` does before listening: prompt, backend, app.
+    """Everything ``rungwise serve`` does before listening: the rung, its backend, the app.
 
-    ``model_id`` overrides ``task.model.id``. The caller owns ``app.state.backend`` (close it).
+    ``model_id`` overrides ``task.model.id``. The caller closes ``app.state.close()``.
 
     Example:
         >>> from rungwise.config.task import load_task
         >>> app = app_for_task(load_task("task.yaml"), "zero_shot")  # doctest: +SKIP
     """
-    template = prompt_for(task, rung, run_id)
-    spec = task.model.model_copy(update={"id": model_id}) if model_id else task.model
-    backend = load_backend(spec, adapter)
-    return create_app(
-        backend,
-        template,
-        name or served_name(task, rung),
-        default_params=task.model.params.to_params(),
-        adapter=adapter,
-        api_key=api_key,
-        max_batch=max_batch,
-    )
+    if model_id:
+        task = task.model_copy(update={"model": task.model.model_copy(update={"id": model_id})})
+    ws, prepared = prepared_for(task, rung, run_id)
+    try:
+        backend = load_backend(task.model, adapter) if adapter is not None else None
+        if backend is not None:
+            ws.backends.adopt(backend)
+        app = create_app(
+            backend or prepared.backend or ws.backends.shared(),
+            prepared,
+            name or served_name(task, rung),
+            default_params=task.model.params.to_params(),
+            adapter=adapter,
+            api_key=api_key,
+            max_batch=max_batch,
+        )
+    except BaseException:
+        ws.close()
+        raise
+    app.state.close = ws.close
+    return app

@@ -79,6 +79,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX predictions_rung ON predictions(rung_id);
     CREATE INDEX climbs_config ON climbs(config_hash);
     """,
+    # 2: per-example traces (retrieved ids, constraint used); a rung's working directory (so a
+    # later climb can find its artifact) and why it was skipped
+    """
+    ALTER TABLE predictions ADD COLUMN trace_json TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE rungs ADD COLUMN work_dir TEXT;
+    ALTER TABLE rungs ADD COLUMN skip_reason TEXT;
+    CREATE INDEX rungs_work_dir ON rungs(name, work_dir);
+    """,
 ]
 
 
@@ -164,8 +172,26 @@ class Store:
             row = self.db.execute("SELECT * FROM rungs WHERE climb_id = ? AND name = ?", (climb_id, name)).fetchone()
         return row
 
-    def set_rung_artifact(self, rung_id: int, artifact: dict[str, Any]) -> None:
-        self.db.execute("UPDATE rungs SET artifact_json = ? WHERE id = ?", (json.dumps(artifact, default=str), rung_id))
+    def set_rung_artifact(self, rung_id: int, artifact: dict[str, Any], work_dir: str | None = None) -> None:
+        self.db.execute(
+            "UPDATE rungs SET artifact_json = ?, work_dir = COALESCE(?, work_dir) WHERE id = ?",
+            (json.dumps(artifact, default=str), work_dir, rung_id),
+        )
+
+    def skip_rung(self, rung_id: int, reason: str) -> None:
+        """Record that a rung did not run in this climb, and why (not an error)."""
+        self.db.execute(
+            "UPDATE rungs SET status = 'skipped', skip_reason = ?, finished_at = ? WHERE id = ?", (reason, _now(), rung_id)
+        )
+
+    def latest_artifact(self, name: str, work_dir: str) -> dict[str, Any] | None:
+        """The artifact of the newest finished rung ``name`` that worked in ``work_dir`` (an earlier
+        climb of the same rung on the same model, settings and train split), or None."""
+        row = self.db.execute(
+            "SELECT artifact_json FROM rungs WHERE name = ? AND work_dir = ? AND status = 'done' ORDER BY id DESC LIMIT 1",
+            (name, work_dir),
+        ).fetchone()
+        return json.loads(row["artifact_json"]) if row is not None else None
 
     def add_gen_seconds(self, rung_id: int, seconds: float) -> None:
         self.db.execute("UPDATE rungs SET gen_seconds = gen_seconds + ? WHERE id = ?", (seconds, rung_id))
@@ -190,13 +216,14 @@ class Store:
             self.db.execute("BEGIN")
             self.db.executemany(
                 "INSERT OR REPLACE INTO predictions (rung_id, example_id, example_index, source, input, expected, prompt_json,"
-                " completion, prompt_tokens, completion_tokens, cached_tokens, latency_s, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " completion, prompt_tokens, completion_tokens, cached_tokens, latency_s, trace_json, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         rung_id, r["example_id"], r["example_index"], r.get("source"), r["input"], r["expected"],
                         json.dumps(r["prompt"], ensure_ascii=False), r["completion"], r["prompt_tokens"],
-                        r["completion_tokens"], r.get("cached_tokens", 0), r["latency_s"], now,
+                        r["completion_tokens"], r.get("cached_tokens", 0), r["latency_s"],
+                        json.dumps(r.get("trace") or {}, ensure_ascii=False, default=str), now,
                     )
                     for r in rows
                 ],

@@ -118,6 +118,69 @@ class Completion:
     trace: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RungKind:
+    """What a rung is, declared by the rung class: economics and the verdict read these flags and
+    never a rung's name.
+
+    ``name`` is a label for tables and reports (prompt, retrieval, finetune, hybrid, constrained,
+    baseline, or a plugin's own). ``trains_weights``: serves a model trained on the train split
+    (priced with fine-tuned-model rates, a one-off training cost and retraining; passed over when
+    the factors rule training out). ``uses_llm``: False for a rung that answers without a language
+    model (a classical classifier: no tokens, priced from throughput alone). ``retrieves``: reads
+    the knowledge source for each request. ``constrains_output``: decodes only answers in the
+    task's format.
+
+    Example:
+        >>> FINETUNE.trains_weights, BASELINE.uses_llm
+        (True, False)
+    """
+
+    name: str
+    trains_weights: bool = False
+    uses_llm: bool = True
+    retrieves: bool = False
+    constrains_output: bool = False
+
+
+PROMPT = RungKind("prompt")
+RETRIEVAL = RungKind("retrieval", retrieves=True)
+FINETUNE = RungKind("finetune", trains_weights=True)
+HYBRID = RungKind("hybrid", trains_weights=True, retrieves=True)
+CONSTRAINED = RungKind("constrained", constrains_output=True)
+BASELINE = RungKind("baseline", uses_llm=False)
+
+
+@dataclass
+class TrainingRecord:
+    """What training a rung's model took: the basis of its one-off and retraining costs.
+
+    ``tokens`` are the training tokens of one epoch; ``seconds`` the measured wall time (None when
+    unknown, e.g. an estimate before a climb or an adapter trained elsewhere); ``usd`` a cost the
+    user entered (an adapter trained elsewhere), which wins over any computed one.
+    """
+
+    examples: int
+    tokens: int
+    epochs: float
+    seconds: float | None = None
+    devices: int = 1
+    device: str = ""
+    method: str = ""
+    usd: float | None = None
+
+
+@dataclass
+class TokenEstimate:
+    """A rung's tokens per call before any climb (for `rungwise cost`), from its real prompts
+    counted at about 4 characters per token; ``training`` for rungs that train."""
+
+    prompt_tokens: float
+    cached_tokens: float
+    completion_tokens: float
+    training: TrainingRecord | None = None
+
+
 @dataclass
 class MetricValue:
     """A metric's point estimate with a bootstrap 95% confidence interval."""
@@ -160,13 +223,21 @@ class RungResult:
     valid: list[bool] = field(default_factory=list)
     predictions: list[str] = field(default_factory=list)
     comparison: Comparison | None = None
+    #: the rung's stored artifact, as JSON (its typed model is the rung class's ``Artifact``)
     artifact: dict[str, Any] = field(default_factory=dict)
+    kind: RungKind = PROMPT
+    training: TrainingRecord | None = None
+    #: lines the ladder prints under its table (the audit before training, the forgetting check, ...)
+    notes: list[str] = field(default_factory=list)
     id: int | None = None
 
 
 @dataclass
-class ClimbResult:
-    """The ladder: rung results in order, and where it stopped."""
+class Ladder:
+    """The measured ladder: rung results in order, and where it stopped.
+
+    :class:`rungwise.climb.ClimbResult` adds its prices and the verdict.
+    """
 
     task: str
     run_id: int
@@ -176,6 +247,3 @@ class ClimbResult:
     n_test: int
     leakage_dropped: int = 0
     notes: list[str] = field(default_factory=list)
-    #: priced rungs (rungwise.economics.cost.RungCost) and the recommendation (rungwise.advise.Verdict)
-    costs: list[Any] = field(default_factory=list)
-    verdict: Any = None

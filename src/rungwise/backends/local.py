@@ -39,17 +39,38 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from rungwise._deps import require
 from rungwise.backends.base import Backend, ProgressFn
+from rungwise.config.model import ModelSpec
 from rungwise.errors import BackendError
 from rungwise.types import Chat, Completion, GenParams
 
-if TYPE_CHECKING:
-    from rungwise.config.task import ModelSpec
-
 log = logging.getLogger(__name__)
+
+
+class LocalSpec(ModelSpec):
+    """``model:`` for ``backend: local``: a transformers causal LM on this machine (private by default)."""
+
+    gguf_file: str | None = Field(None, description="GGUF file name inside `id` when `id` is a directory.")
+    batch_size: int = Field(8, gt=0, description="Prompts per forward pass.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto = bf16 where the CPU/GPU supports it, else fp32."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    prefix_cache: bool = Field(True, description="Compute the KV cache of the shared prompt prefix once.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model directory.")
+
+    def build(self) -> LocalBackend:
+        return LocalBackend.from_spec(self)
+
+    def describe(self) -> str:
+        from rungwise import models
+
+        return "local:" + models.resolve(self.id, self.gguf_file).display
 
 # A prefix shorter than this is not worth a separate forward pass and a cache copy per batch.
 MIN_PREFIX_TOKENS = 16
@@ -148,7 +169,7 @@ class LocalBackend(Backend):
         return cls(model, tok, model_id="local:" + rm.display, batch_size=batch_size, prefix_cache=prefix_cache)
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec) -> LocalBackend:
+    def from_spec(cls, spec: LocalSpec) -> LocalBackend:
         """Build the backend a task's ``model`` section describes."""
         return cls.load(
             spec.id,

@@ -28,17 +28,16 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from pydantic import Field
 
 from rungwise.backends.base import Backend, ProgressFn
+from rungwise.config.model import ModelSpec
 from rungwise.errors import BackendError, ConfigError
 from rungwise.types import Chat, Completion, GenParams
-
-if TYPE_CHECKING:
-    from rungwise.config.task import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,25 @@ RETRY_STATUS = frozenset({408, 409, 429})
 MAX_RETRY_AFTER_S = 120.0
 # Key-shaped strings (OpenAI "sk-...", generic bearer tokens echoed back by a server).
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[A-Za-z0-9._~+/\-]{8,}=*)")
+
+
+class OpenAISpec(ModelSpec):
+    """``model:`` for ``backend: openai``: any OpenAI-compatible endpoint (vLLM, llama.cpp server,
+    Ollama, LM Studio, OpenAI, ``rungwise serve``)."""
+
+    base_url: str = Field(description="The endpoint's API root, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (never the key itself)."
+    )
+    concurrency: int = Field(4, gt=0, description="Requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts, with exponential backoff.")
+
+    def build(self) -> OpenAIBackend:
+        return OpenAIBackend.from_spec(self)
+
+    def describe(self) -> str:
+        return f"openai:{self.id}@{_public_url(self.base_url.rstrip('/'))}"
 
 
 class _Aborted(Exception):
@@ -186,7 +204,7 @@ class OpenAIBackend(Backend):
         )
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec) -> OpenAIBackend:
+    def from_spec(cls, spec: OpenAISpec) -> OpenAIBackend:
         """Build from a task's ``model`` section (``backend: openai``)."""
         if not spec.base_url:
             raise ConfigError(

@@ -10,8 +10,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from pydantic import Field
+
 from rungwise.backends.base import Backend, ProgressFn
+from rungwise.config.model import ModelSpec
 from rungwise.types import Chat, Completion, GenParams
+
+
+class ScriptedSpec(ModelSpec):
+    """``model:`` for ``backend: scripted``: the deterministic test double (dry runs, tests)."""
+
+    id: str = Field("scripted", description="A name for the run store.")
+    script: dict[str, str] | list[str] | None = Field(
+        None, description="Replies by input text (dict, `default` for the rest) or in order (list, cycling)."
+    )
+    delay_s: float = Field(0.0, ge=0, description="Seconds each reply takes (to test progress and interruption).")
+
+    def build(self) -> ScriptedBackend:
+        return ScriptedBackend(self.script if self.script is not None else ["ok"], model_id=f"scripted:{self.id}",
+                               delay_s=self.delay_s)
+
+    def describe(self) -> str:
+        return f"scripted:{self.id}"
 
 
 def _last_user(chat: Chat) -> str:

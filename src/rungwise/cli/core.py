@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from rungwise.errors import RungwiseError
-from rungwise.types import ClimbResult, RungResult
+from rungwise.types import Ladder, RungResult
 
 # Piped output (CI logs, `| tee`) gets a width that fits the ladder instead of rich's 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -37,7 +37,7 @@ def _fmt_latency(seconds: float) -> str:
     return f"{1000 * seconds:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-def ladder_table(c: ClimbResult, title: str | None = None) -> Table:
+def ladder_table(c: Ladder, title: str | None = None) -> Table:
     """The ladder: one row per rung, with CI, format-valid rate, tokens, latency, p-value, target."""
     metric = c.rungs[0].metric.name if c.rungs else "metric"
     t = Table(title=title or f"{c.task}: the ladder (n_test={c.n_test}, run {c.run_id})", title_justify="left")
@@ -63,39 +63,26 @@ def ladder_table(c: ClimbResult, title: str | None = None) -> Table:
     return t
 
 
-PROMPT_RUNGS = ("zero_shot", "few_shot")
-
-
-def ladder_notes(c: ClimbResult) -> list[str]:
-    """What the table cannot show: the audit before fine-tuning, the forgetting check, and the
-    prompt tokens a fine-tuned rung saves per call against the best prompting rung."""
-    notes: list[str] = []
-    prompting = [r for r in c.rungs if r.rung in PROMPT_RUNGS]
+def ladder_notes(c: Ladder) -> list[str]:
+    """What the table cannot show: each rung's own notes (the audit before fine-tuning, the
+    training, the forgetting check), rungs that were skipped, and the prompt tokens a trained rung
+    saves per call against the best rung that sends the untrained model a prompt."""
+    notes: list[str] = list(c.notes)
+    prompting = [r for r in c.rungs if r.kind.uses_llm and not r.kind.trains_weights]
     best = max(prompting, key=lambda r: r.metric.value, default=None)
     for r in c.rungs:
-        art = r.artifact
-        if art.get("audit"):
-            notes.append(f"audit of the train split before fine-tuning: {art['audit']['summary']}")
-        if art.get("kind") == "finetune":
-            if art.get("train_seconds") is not None:
-                notes.append(
-                    f"{r.rung}: {art.get('method')} on {art.get('train_examples')} examples, {art.get('epochs', 0):.3g} epoch(s), "
-                    f"{art.get('train_tokens', 0):,} tokens in {art.get('train_seconds', 0):.0f} s on {art.get('device')}; "
-                    f"adapter {art.get('adapter_dir') or art.get('model_dir')}"
-                )
-            if best is not None and best.mean_prompt_tokens > 0:
-                saved = best.mean_prompt_tokens - r.mean_prompt_tokens
-                notes.append(
-                    f"{r.rung}: {r.mean_prompt_tokens:.0f} prompt tokens/call vs {best.mean_prompt_tokens:.0f} for the best "
-                    f"prompting rung ({best.rung}): {abs(saved):.0f} {'fewer' if saved >= 0 else 'more'} "
-                    f"({-100 * saved / best.mean_prompt_tokens:+.0f}%) per call"
-                )
-        if art.get("forgetting_summary"):
-            notes.append(art["forgetting_summary"])
+        notes += [f"{r.rung}: {n}" for n in r.notes]
+        if r.kind.trains_weights and best is not None and best.mean_prompt_tokens > 0:
+            saved = best.mean_prompt_tokens - r.mean_prompt_tokens
+            notes.append(
+                f"{r.rung}: {r.mean_prompt_tokens:.0f} prompt tokens/call vs {best.mean_prompt_tokens:.0f} for the best "
+                f"prompting rung ({best.rung}): {abs(saved):.0f} {'fewer' if saved >= 0 else 'more'} "
+                f"({-100 * saved / best.mean_prompt_tokens:+.0f}%) per call"
+            )
     return notes
 
 
-def _summary(c: ClimbResult) -> str:
+def _summary(c: Ladder) -> str:
     if not c.target:
         return "no target set: every requested rung was measured"
     if c.stopped_at:
@@ -211,6 +198,34 @@ def register(app: typer.Typer) -> None:
 
         print_economics(console, result.costs, result.verdict)
 
+    @app.command("rungs")
+    def list_rungs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+        """List the installed rungs, backends and metrics (built-in and plugins), one line each."""
+        from rungwise.registry import BACKENDS, METRICS, RUNGS
+
+        rows = []
+        for name, cls in RUNGS.items():
+            settings = ", ".join(cls.Config.model_fields) or "none"
+            rows.append({"what": "rung", "name": name, "kind": cls.kind.name, "summary": cls.summary,
+                         "settings": settings, "source": RUNGS.source(name)})
+        for name, spec in BACKENDS.items():
+            doc = (spec.__doc__ or "").strip().splitlines()[0] if spec.__doc__ else ""
+            rows.append({"what": "backend", "name": name, "kind": "", "summary": doc, "settings": "",
+                         "source": BACKENDS.source(name)})
+        for name, cls in METRICS.items():
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            rows.append({"what": "metric", "name": name, "kind": "", "summary": doc, "settings": "",
+                         "source": METRICS.source(name)})
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        t = Table(title="installed rungs, backends and metrics", title_justify="left")
+        for col in ("what", "name", "kind", "summary", "settings (rungs.<name>)", "source"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["what"], r["name"], r["kind"], r["summary"], r["settings"], r["source"])
+        console.print(t)
+
     runs_app = typer.Typer(help="The run store: past climbs and their rungs.", no_args_is_help=True)
     app.add_typer(runs_app, name="runs")
 
@@ -266,4 +281,6 @@ def register(app: typer.Typer) -> None:
             art = json.loads(r["artifact_json"])
             prompt = art.get("prompt", {})
             demos = len(prompt.get("demos", [])) if isinstance(prompt, dict) else 0
-            console.print(f"[bold]{r['name']}[/] ({r['status']}): {art.get('kind', '?')}, {demos} demo(s)", highlight=False)
+            kind = next((x.kind.name for x in c.rungs if x.rung == r["name"]), None)
+            why = f": {r['skip_reason']}" if r["status"] == "skipped" else ""
+            console.print(f"[bold]{r['name']}[/] ({r['status']}{why}): {kind or '?'}, {demos} demo(s)", highlight=False)

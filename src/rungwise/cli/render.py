@@ -16,19 +16,11 @@ from rich.table import Table
 from rich.text import Text
 
 from rungwise.economics.cost import RungCost, break_evens
+from rungwise.money import usd
 from rungwise.prices.catalog import Catalog
 
 if TYPE_CHECKING:
     from rungwise.advise import Signal, Verdict
-
-
-def money(x: float | None) -> str:
-    """$ with sensible precision: $1,234.56, $0.0123."""
-    if x is None:
-        return "—"
-    if x == 0:
-        return "$0"
-    return f"${x:,.2f}" if abs(x) >= 0.1 else f"${x:.4f}"
 
 
 def cost_table(costs: Sequence[RungCost], title: str | None = None) -> Table:
@@ -45,17 +37,17 @@ def cost_table(costs: Sequence[RungCost], title: str | None = None) -> Table:
             toks += " est."
         h = c.hosted
         s = c.self_hosted
-        hosted = money(1000 * h.per_call(v)) if h else "—"
+        hosted = usd(1000 * h.per_call(v)) if h else "—"
         if h and h.hit_rate(v) > 0:
             hosted += f" ({h.hit_rate(v):.0%} cached)"
         selfh = "—"
         if s:
-            selfh = money(1000 * s.per_call(v)) + f" ({s.replicas(v)} server{'s' if s.replicas(v) > 1 else ''})"
+            selfh = usd(1000 * s.per_call(v)) + f" ({s.replicas(v)} server{'s' if s.replicas(v) > 1 else ''})"
         best = c.best()
-        one = money(best.one_off.initial_usd) if best and best.one_off else "—"
+        one = usd(best.one_off.initial_usd) if best and best.one_off else "—"
         total = c.total_monthly()
         t.add_row(c.rung, toks, hosted, selfh, one,
-                  (money(total) + f" {best.mode.replace('_', '-')}") if best and total is not None else "—")
+                  (usd(total) + f" {best.mode.replace('_', '-')}") if best and total is not None else "—")
     return t
 
 

@@ -23,9 +23,11 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         task_yaml: Path = typer.Argument(..., help="The task file (task.yaml) whose prompt and model to serve."),
-        rung: str = typer.Option("zero_shot", "--rung", help="Which rung's prompt: zero_shot or few_shot."),
+        rung: str = typer.Option("zero_shot", "--rung", help="Which rung to serve (any rung the task can climb; "
+                                 "see `rungwise rungs`)."),
         run: str | None = typer.Option(
-            None, "--run", help="Serve the prompt stored by this climb run (default: build it from the task)."
+            None, "--run", help="Serve the rung stored by this climb run (default: the latest climb of that rung, "
+            "or, for a prompt, the one built from the task)."
         ),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback by default."),
         port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0 = any free port)."),
@@ -41,7 +43,7 @@ def register(app: typer.Typer) -> None:
         ),
         max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most concurrent requests answered in one batch."),
     ) -> None:
-        """Serve a rung's prompt (system prompt + demos) at /v1/chat/completions, OpenAI-compatible."""
+        """Serve a rung (its prompt, demos, retrieval, constraint and model) at /v1/chat/completions, OpenAI-compatible."""
         from rungwise import serve as serving
         from rungwise.config.task import load_task
 
@@ -60,4 +62,4 @@ def register(app: typer.Typer) -> None:
         try:
             serving.run(app_, host, port)
         finally:
-            app_.state.backend.close()
+            app_.state.close()

@@ -15,17 +15,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from rungwise.config.base import Strict
 from rungwise.config.economics import EconomicsSpec
 from rungwise.config.factors import DecisionFactors
+from rungwise.config.model import ModelSpec, model_spec_from
 from rungwise.errors import ConfigError
-from rungwise.train.config import FinetuneSpec
-from rungwise.types import GenParams
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
-
+from rungwise.registry import RUNGS
 
 
 class Columns(Strict):
@@ -111,80 +117,47 @@ def parse_target(text: str) -> Target:
     return Target(metric=m.group(1), op=m.group(2), value=value)  # type: ignore[arg-type]
 
 
-class GenParamsSpec(Strict):
-    """Generation parameters."""
-
-    max_tokens: int = Field(32, gt=0, description="Maximum new tokens per answer.")
-    temperature: float = Field(0.0, ge=0, description="0 = greedy (deterministic, the default for evaluation).")
-    top_p: float = Field(1.0, gt=0, le=1)
-    stop: list[str] = Field(default_factory=lambda: ["\n\n"], description="Stop sequences.")
-    seed: int | None = Field(0, description="Sampling seed where the backend supports one.")
-
-    def to_params(self) -> GenParams:
-        return GenParams(self.max_tokens, self.temperature, self.top_p, tuple(self.stop), self.seed)
-
-
-class ModelSpec(Strict):
-    """Which model answers, through which backend."""
-
-    backend: Literal["local", "openai", "scripted"] = Field(
-        "local",
-        description="local: transformers on this machine (private by default); openai: any OpenAI-compatible "
-        "endpoint (vLLM, llama.cpp server, Ollama, OpenAI); scripted: the deterministic test double.",
-    )
-    id: str = Field(
-        DEFAULT_MODEL,
-        description=f"Model: '{DEFAULT_MODEL}' (the embedded GGUF), a local directory, a .gguf file, or a hub id "
-        "(local); the served model name (openai).",
-    )
-    gguf_file: str | None = Field(None, description="GGUF file name inside `id` when `id` is a directory.")
-    base_url: str | None = Field(None, description="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")
-    api_key_env: str | None = Field(
-        None, description="openai backend: name of the environment variable holding the API key (never the key)."
-    )
-    params: GenParamsSpec = Field(default_factory=GenParamsSpec)
-    batch_size: int = Field(8, gt=0, description="local: prompts per forward pass.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="local: auto = bf16 where the CPU/GPU supports it, else fp32."
-    )
-    device: str = Field("auto", description="local: auto, cpu, cuda, cuda:1 ...")
-    prefix_cache: bool = Field(True, description="local: compute the KV cache of the shared prompt prefix once.")
-    concurrency: int = Field(4, gt=0, description="openai: requests in flight at once.")
-    timeout_s: float = Field(60.0, gt=0, description="openai: per-request timeout.")
-    max_retries: int = Field(4, ge=0, description="openai: retries on 429/5xx/timeouts, with exponential backoff.")
-    trust_remote_code: bool = Field(False, description="local: allow model code from the model directory.")
-    script: dict[str, str] | list[str] | None = Field(
-        None, description="scripted: replies by input text (dict) or in order (list), for tests and dry runs."
-    )
-
-    @model_validator(mode="after")
-    def _endpoint(self) -> ModelSpec:
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend 'openai' needs `base_url` (e.g. http://127.0.0.1:8000/v1)")
-        return self
-
-
-class FewShotSpec(Strict):
-    """The few_shot rung."""
-
-    k: int = Field(5, gt=0, description="Number of demonstrations from the train split.")
-    strategy: Literal["stratified", "nearest"] = Field(
-        "stratified",
-        description="stratified: a seeded sample spread over labels, the same demos for every input (its prefix "
-        "is cached); nearest: the k train examples most similar to each input.",
-    )
-
-
 class RungsSpec(Strict):
-    """Which rungs to climb, in order, and their settings."""
+    """Which rungs to climb, in order, and each rung's own settings.
+
+    Every key besides ``order`` is a rung's section, validated by the config model that rung
+    registers (``rungs.few_shot: {k: 8}``); ``rungwise rungs`` lists the rungs and their settings.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     order: list[str] = Field(default_factory=lambda: ["zero_shot", "few_shot"], description="Rungs in climbing order.")
-    few_shot: FewShotSpec = Field(default_factory=FewShotSpec)
-    finetune: FinetuneSpec = Field(
-        default_factory=FinetuneSpec,
-        description="The finetune rung: method (lora/full/qlora), adapter shape, optimisation, validation and "
-        "the forgetting check (see rungwise.train.config).",
-    )
+
+    @model_validator(mode="after")
+    def _sections(self) -> RungsSpec:
+        errors: list[Any] = []
+        for i, name in enumerate(self.order):
+            if name not in RUNGS:
+                errors.append(_line_error(("order", i), f"unknown rung {name!r}; use one of: {', '.join(RUNGS.names())}",
+                                          name))
+        extra = self.__pydantic_extra__ or {}
+        for name, raw in list(extra.items()):
+            if name not in RUNGS:
+                errors.append(_line_error((name,), f"unknown rung section {name!r}; sections are named after rungs: "
+                                          f"{', '.join(RUNGS.names())}", raw))
+                continue
+            config_cls = RUNGS.get(name).Config
+            try:
+                extra[name] = config_cls.model_validate({} if raw is None else raw)
+            except ValidationError as exc:
+                errors += [{**e, "loc": (name, *e["loc"])} for e in exc.errors(include_url=False)]
+        if errors:
+            raise ValidationError.from_exception_data("RungsSpec", errors)
+        return self
+
+    def section(self, name: str) -> Any:
+        """The validated settings of rung ``name`` (its config model's defaults when the section is absent)."""
+        got = (self.__pydantic_extra__ or {}).get(name)
+        return got if got is not None else RUNGS.get(name).Config()
+
+
+def _line_error(loc: tuple[Any, ...], message: str, value: Any) -> Any:
+    return {"type": PydanticCustomError("value_error", message), "loc": loc, "input": value}
 
 
 class Task(Strict):
@@ -197,7 +170,10 @@ class Task(Strict):
     labels: list[str] | None = Field(None, description="Closed label set for classification tasks.")
     metric: MetricSpec = Field(default_factory=MetricSpec)
     target: str | None = Field(None, description="Goal, e.g. 'accuracy >= 0.9'. The climb stops at the first rung meeting it.")
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    model: SerializeAsAny[ModelSpec] = Field(
+        default_factory=lambda: model_spec_from({}),
+        description="Which model answers: `backend` picks the config (local, openai, scripted, or a plugin's).",
+    )
     rungs: RungsSpec = Field(default_factory=RungsSpec)
     economics: EconomicsSpec = Field(
         default_factory=EconomicsSpec,
@@ -213,6 +189,11 @@ class Task(Strict):
     # Set by load_task; not part of the YAML.
     base_dir: Path = Field(default=Path("."), exclude=True)
     source_path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, v: Any) -> ModelSpec:
+        return model_spec_from(v)
 
     @field_validator("metric", mode="before")
     @classmethod

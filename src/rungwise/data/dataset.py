@@ -68,7 +68,7 @@ def _strip(e: Example) -> Example:
     return replace(e, output=e.output.strip())
 
 
-def data_hash(examples: Sequence[Example]) -> str:
+def examples_hash(examples: Sequence[Example]) -> str:
     """Order-sensitive hash of the examples' content ids (provenance in the run store and model cards)."""
     h = hashlib.sha256()
     for e in examples:

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rungwise.config.economics import DEFAULT_DAILY_VOLUME, EconomicsSpec
+from rungwise.config.task import Task
 from rungwise.errors import ConfigError
 from rungwise.prices.catalog import Catalog, ModelPrice, load_catalog
-from rungwise.types import RungResult
+from rungwise.types import PROMPT, RungKind, RungResult, TrainingRecord
 
 DAYS_PER_MONTH = 365 / 12
 HOURS_PER_MONTH = 24 * DAYS_PER_MONTH
@@ -36,23 +37,6 @@ SECONDS_PER_DAY = 86_400
 
 # Requirements-change cadence (factors.update_frequency) -> days between retrainings.
 UPDATE_DAYS = {"daily": 1, "weekly": 7, "monthly": 30, "quarterly": 91, "yearly": 365, "stable": None}
-
-RungKind = Literal["prompt", "rag", "finetune"]
-
-
-def rung_kind(name: str, artifact: dict[str, Any] | None = None) -> RungKind:
-    """What a rung is, for pricing and advice: from ``artifact["kind"]`` or its name.
-
-    >>> rung_kind("few_shot"), rung_kind("lora"), rung_kind("rag")
-    ('prompt', 'finetune', 'rag')
-    """
-    kind = str((artifact or {}).get("kind") or name).lower()
-    if any(w in kind for w in ("finetune", "fine_tune", "fine-tune", "lora", "qlora", "sft", "hybrid", "trained")):
-        return "finetune"
-    if "rag" in kind or "retriev" in kind:
-        return "rag"
-    return "prompt"
-
 
 def cache_hit_rate(daily_volume: float, ttl_s: float) -> float:
     """Share of requests that find the shared prefix still cached.
@@ -71,26 +55,23 @@ def cache_hit_rate(daily_volume: float, ttl_s: float) -> float:
 @dataclass(frozen=True)
 class TokenProfile:
     """What one call of a rung consumes: mean prompt, cacheable-prefix and completion tokens,
-    measured throughput, and the rung's artifact (a fine-tune rung records its training there)."""
+    measured throughput, what the rung is (its kind), and what training it took."""
 
     rung: str
     prompt_tokens: float
     cached_tokens: float
     completion_tokens: float
     examples_per_s: float = 0.0
-    artifact: dict[str, Any] = field(default_factory=dict)
+    kind: RungKind = PROMPT
+    training: TrainingRecord | None = None
     estimated: bool = False  # True when tokens come from `estimate`, not a measured climb
 
     @classmethod
     def from_result(cls, r: RungResult) -> TokenProfile:
         return cls(
             r.rung, r.mean_prompt_tokens, r.mean_cached_tokens, r.mean_completion_tokens, r.examples_per_s,
-            dict(r.artifact or {}),
+            r.kind, r.training,
         )
-
-    @property
-    def kind(self) -> RungKind:
-        return rung_kind(self.rung, self.artifact)
 
 
 @dataclass
@@ -260,7 +241,7 @@ class RungCost:
 
         best = self.best()
         return {
-            "rung": self.rung, "kind": self.kind, "daily_volume": v, "horizon_days": self.horizon_days,
+            "rung": self.rung, "kind": self.kind.name, "daily_volume": v, "horizon_days": self.horizon_days,
             "tokens": {"prompt": self.tokens.prompt_tokens, "cached": self.tokens.cached_tokens,
                        "completion": self.tokens.completion_tokens, "estimated": self.tokens.estimated},
             "examples_per_s": self.tokens.examples_per_s,
@@ -270,14 +251,14 @@ class RungCost:
         }
 
 
-def daily_volume_of(task: Any) -> tuple[int, bool]:
+def daily_volume_of(task: Task) -> tuple[int, bool]:
     """The task's daily volume and whether it was given (False: the default was assumed).
 
     ``factors.daily_volume`` and ``economics.daily_volume`` mean the same number; if both are
     set they must agree.
     """
-    econ: EconomicsSpec = getattr(task, "economics", None) or EconomicsSpec()
-    fv = getattr(getattr(task, "factors", None), "daily_volume", None)
+    econ = task.economics
+    fv = task.factors.daily_volume
     ev = econ.daily_volume
     if fv is not None and ev is not None and fv != ev:
         raise ConfigError(
@@ -288,7 +269,7 @@ def daily_volume_of(task: Any) -> tuple[int, bool]:
     return (int(v), True) if v is not None else (DEFAULT_DAILY_VOLUME, False)
 
 
-def with_overrides(task: Any, daily_volume: int | None = None, price_model: str | None = None) -> Any:
+def with_overrides(task: Task, daily_volume: int | None = None, price_model: str | None = None) -> Task:
     """A copy of ``task`` priced at another volume or model (what-if runs; the file is untouched).
 
     Both spellings of the volume (economics and factors) are kept equal.
@@ -306,30 +287,30 @@ def with_overrides(task: Any, daily_volume: int | None = None, price_model: str 
     return new
 
 
-def retrain_days_of(task: Any) -> int | None:
+def retrain_days_of(task: Task) -> int | None:
     """Days between retrainings: economics.retrain_every_days, else from factors.update_frequency."""
-    econ: EconomicsSpec = getattr(task, "economics", None) or EconomicsSpec()
+    econ = task.economics
     if econ.retrain_every_days:
         return econ.retrain_every_days
-    freq = getattr(getattr(task, "factors", None), "update_frequency", None)
+    freq = task.factors.update_frequency
     return UPDATE_DAYS.get(freq) if freq else None
 
 
-def _train_tokens(t: TokenProfile) -> tuple[float | None, int, str]:
-    a = t.artifact
-    epochs = int(a.get("epochs") or 1)
-    if a.get("train_tokens"):
-        return float(a["train_tokens"]), epochs, "measured"
-    n = a.get("train_examples")
-    if n:
-        # One example = its prompt without the shared prefix + the answer.
-        per = max(t.prompt_tokens - t.cached_tokens, 1) + t.completion_tokens
-        return float(n) * per, epochs, f"estimated as {int(n)} examples x {per:.0f} tokens"
-    return None, epochs, ""
+def _train_tokens(t: TokenProfile) -> tuple[float | None, float, str]:
+    """Training tokens per epoch, epochs, and how the tokens are known."""
+    tr = t.training
+    if tr is None:
+        return None, 1.0, ""
+    epochs = tr.epochs or 1.0
+    if tr.tokens:
+        return float(tr.tokens), epochs, "estimated" if t.estimated else "measured"
+    # One example = its prompt without the shared prefix + the answer.
+    per = max(t.prompt_tokens - t.cached_tokens, 1) + t.completion_tokens
+    return float(tr.examples) * per, epochs, f"estimated as {tr.examples} examples x {per:.0f} tokens"
 
 
 def _labeling(t: TokenProfile, econ: EconomicsSpec, clean_examples: int | None) -> tuple[float, str]:
-    n = t.artifact.get("train_examples") or clean_examples
+    n = (t.training.examples if t.training else None) or clean_examples
     if not econ.labeling_cost_per_example:
         return 0.0, "no labeling cost set (economics.labeling_cost_per_example)"
     if not n:
@@ -343,14 +324,14 @@ def _fmt_tokens(n: float) -> str:
 
 def price_profiles(
     profiles: Sequence[TokenProfile],
-    task: Any,
+    task: Task,
     *,
     catalog: Catalog | None = None,
     daily_volume: int | None = None,
     price_model: str | None = None,
 ) -> list[RungCost]:
     """Price token profiles (measured or estimated) for ``task``; see :func:`price_rungs`."""
-    econ: EconomicsSpec = getattr(task, "economics", None) or EconomicsSpec()
+    econ = task.economics
     cat = catalog or load_catalog(econ.prices)
     vol, _given = daily_volume_of(task)
     if daily_volume is not None:
@@ -358,7 +339,7 @@ def price_profiles(
     base = cat.model(price_model or econ.price_model)
     ft_price = base.finetuned()
     retrain_days = retrain_days_of(task)
-    clean = getattr(getattr(task, "factors", None), "clean_examples", None)
+    clean = task.factors.clean_examples
 
     # Self-hosting: one hourly price for the machine the throughput was measured on.
     sh_price: float | None = None
@@ -378,8 +359,11 @@ def price_profiles(
         if t.estimated:
             rc.notes.append("tokens estimated from the task's data (about 4 characters per token); climb to measure")
         # ---- hosted ----
-        price = base if t.kind != "finetune" else ft_price
-        if price is None:
+        price = ft_price if t.kind.trains_weights else base
+        if not t.kind.uses_llm:
+            rc.notes.append("answers without a language model (no tokens): priced self-hosted from its measured "
+                            "throughput only")
+        elif price is None:
             rc.notes.append(f"{base.key} lists no fine-tuned inference price: hosted cost of this rung unknown")
         else:
             d = Deployment("hosted", price.key, t, price=price, caching=econ.caching)
@@ -393,15 +377,15 @@ def price_profiles(
                     f"{t.cached_tokens:.0f} shared-prefix tokens cached; warm-cache rate {d.hit_rate(vol):.0%} at "
                     f"{vol:,}/day ({price.cache_ttl_s:.0f} s cache lifetime)"
                 )
-            if t.kind == "finetune":
+            if t.kind.trains_weights:
                 tok, epochs, how = _train_tokens(t)
                 lab, lab_basis = _labeling(t, econ, clean)
                 if tok is None or base.finetune is None:
-                    d.notes.append("training tokens not recorded in the rung's artifact: training cost unknown")
+                    d.notes.append("training tokens not recorded with the rung: training cost unknown")
                     train, basis = 0.0, "unknown"
                 else:
                     train = tok * epochs * base.finetune.training_per_1m / 1e6
-                    basis = (f"{_fmt_tokens(tok)} tokens x {epochs} epochs x ${base.finetune.training_per_1m:g}/1M "
+                    basis = (f"{_fmt_tokens(tok)} tokens x {epochs:g} epochs x ${base.finetune.training_per_1m:g}/1M "
                              f"({base.key}; tokens {how})")
                 new_lab = econ.new_examples_per_retrain * econ.labeling_cost_per_example
                 d.one_off = OneOff(train, basis, lab, lab_basis, retrain_days, train + new_lab)
@@ -418,17 +402,16 @@ def price_profiles(
                     f"{t.examples_per_s:.2f} examples/s measured; one server handles {cap:,.0f}/day at "
                     f"{econ.self_host_utilization:.0%} utilization"
                 )
-                if t.kind == "finetune":
-                    a = t.artifact
+                if t.kind.trains_weights:
                     lab, lab_basis = _labeling(t, econ, clean)
-                    secs = a.get("train_seconds")
+                    secs = t.training.seconds if t.training else None
                     if secs:
-                        gpus = int(a.get("gpus") or 1)
-                        train = float(secs) / 3600 * gpus * sh_price
-                        basis = f"{float(secs) / 3600:.2f} h x {gpus} device(s) x ${sh_price:.2f}/h (measured training time)"
+                        devices = t.training.devices if t.training else 1
+                        train = secs / 3600 * devices * sh_price
+                        basis = f"{secs / 3600:.2f} h x {devices} device(s) x ${sh_price:.2f}/h (measured training time)"
                     else:
                         train, basis = 0.0, "unknown"
-                        d.notes.append("training time not recorded in the rung's artifact: training cost unknown")
+                        d.notes.append("training time not recorded with the rung: training cost unknown")
                     new_lab = econ.new_examples_per_retrain * econ.labeling_cost_per_example
                     d.one_off = OneOff(train, basis, lab, lab_basis, retrain_days, train + new_lab)
                 rc.self_hosted = d
@@ -438,7 +421,7 @@ def price_profiles(
 
 def price_rungs(
     results: Sequence[RungResult],
-    task: Any,
+    task: Task,
     *,
     catalog: Catalog | None = None,
     daily_volume: int | None = None,
@@ -496,8 +479,6 @@ class BreakEven:
                 "sentence": self.sentence()}
 
 
-_MAX_VOLUME = 1e8
-
 
 def break_even(ft: RungCost, other: RungCost) -> BreakEven | None:
     """Break-even daily volume and payback days of fine-tuned rung ``ft`` against ``other``.
@@ -551,10 +532,10 @@ def break_evens(costs: Sequence[RungCost]) -> list[BreakEven]:
     """Break-even of every fine-tuned rung against every prompting (and RAG) rung."""
     out = []
     for f in costs:
-        if f.kind != "finetune":
+        if not f.kind.trains_weights:
             continue
         for o in costs:
-            if o.kind == "finetune":
+            if o.kind.trains_weights:
                 continue
             be = break_even(f, o)
             if be is not None:

@@ -38,28 +38,30 @@ from dataclasses import asdict
 from typing import Any
 
 from rungwise import __version__
+from rungwise.advise import Verdict
+from rungwise.config.task import Task, task_from_dict
 from rungwise.economics.cost import (
     RungCost,
     break_evens,
     cost_curves,
     daily_volume_of,
     price_rungs,
-    rung_kind,
     with_overrides,
 )
 from rungwise.errors import RungwiseError
-from rungwise.types import ClimbResult, Example
+from rungwise.store import Store
+from rungwise.types import Example, Ladder
 
 REPORT_SCHEMA_VERSION = 1
 
 
 def report_data(
-    climb: ClimbResult,
+    climb: Ladder,
     *,
-    task: Any = None,
+    task: Task | None = None,
     examples: Sequence[Example] | None = None,
     costs: Sequence[RungCost] | None = None,
-    verdict: Any = None,
+    verdict: Verdict | None = None,
     model: str | None = None,
     n_train: int | None = None,
     created_at: str | None = None,
@@ -84,7 +86,7 @@ def report_data(
     rungs = []
     for r in climb.rungs:
         rungs.append({
-            "name": r.rung, "kind": rung_kind(r.rung, r.artifact), "metric": asdict(r.metric),
+            "name": r.rung, "kind": r.kind.name, "notes": list(r.notes), "metric": asdict(r.metric),
             "format_valid_rate": r.format_valid_rate, "mean_prompt_tokens": r.mean_prompt_tokens,
             "mean_completion_tokens": r.mean_completion_tokens, "mean_cached_tokens": r.mean_cached_tokens,
             "latency_p50_s": r.latency_p50_s, "latency_p95_s": r.latency_p95_s, "examples_per_s": r.examples_per_s,
@@ -108,14 +110,14 @@ def report_data(
         given = daily_volume_of(task)[1] if task is not None else True
         econ = {
             "daily_volume": costs[0].daily_volume, "volume_given": given,
-            "price_model": getattr(getattr(task, "economics", None), "price_model", None),
+            "price_model": task.economics.price_model if task is not None else None,
             "curves": cost_curves(costs), "break_evens": [b.to_dict() for b in break_evens(costs)],
         }
-    metric = climb.rungs[0].metric.name if climb.rungs else (getattr(getattr(task, "metric", None), "name", ""))
+    metric = climb.rungs[0].metric.name if climb.rungs else (task.metric.name if task is not None else "")
     return {
         "generator": "rungwise", "schema": REPORT_SCHEMA_VERSION, "version": __version__,
         "created_at": created_at or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "run_id": climb.run_id, "task": climb.task, "description": getattr(task, "description", "") or "",
+        "run_id": climb.run_id, "task": climb.task, "description": task.description if task is not None else "",
         "model": model or (f"{task.model.backend}:{task.model.id}" if task is not None else None),
         "metric": metric, "target": climb.target, "n_test": climb.n_test, "n_train": n_train,
         "leakage_dropped": climb.leakage_dropped, "notes": list(climb.notes), "rungs": rungs, "examples": rows,
@@ -128,7 +130,7 @@ def _jsonable(x: Any) -> Any:
 
 
 def report_data_from_store(
-    run_id: int | str, *, task: Any = None, store: Any = None, daily_volume: int | None = None
+    run_id: int | str, *, task: Task | None = None, store: Store | None = None, daily_volume: int | None = None
 ) -> dict[str, Any]:
     """Build the report dict for a stored run (``run_id`` an id or ``"latest"``).
 
@@ -136,8 +138,6 @@ def report_data_from_store(
     the current task.yaml, with new volume or prices) is given; ``daily_volume`` overrides its volume.
     """
     from rungwise.climb import load_climb
-    from rungwise.config.task import task_from_dict
-    from rungwise.store import Store
 
     st = store or Store()
     if isinstance(run_id, str):
@@ -172,9 +172,15 @@ def report_data_from_store(
         r.valid = [bool(p["valid"]) for p in preds]
     data = report_data(climb, task=task, examples=examples, model=row["model_id"], n_train=row["n_train"],
                        created_at=row["created_at"])
-    # Keep the stored example ids (they also key the predictions table).
+    # Keep the stored example ids (they also key the predictions table), and show each rung's
+    # per-example trace (retrieved chunks, the constraint used) beside its answer.
+    traces = {name: {p["example_id"]: json.loads(p["trace_json"] or "{}") for p in preds} for name, preds in per_rung.items()}
     for d, p in zip(data["examples"], first, strict=False):
         d["id"] = p["example_id"]
+        for name, cell in d["rungs"].items():
+            trace = traces.get(name, {}).get(d["id"])
+            if trace:
+                cell["trace"] = trace
     return data
 
 

@@ -13,6 +13,7 @@ import json
 from html import escape
 from typing import Any
 
+from rungwise.money import usd
 from rungwise.report import svg
 from rungwise.report.data import comparison_cell, meets_cell
 
@@ -76,12 +77,6 @@ def _e(x: Any) -> str:
 
 def _f(x: Any, nd: int = 3) -> str:
     return "—" if x is None else f"{float(x):.{nd}f}"
-
-
-def _money(x: float | None) -> str:
-    if x is None:
-        return "—"
-    return f"${x:,.2f}" if abs(x) >= 0.1 or x == 0 else f"${x:.4f}"
 
 
 def _verdict_html(v: dict[str, Any] | None) -> str:
@@ -210,10 +205,10 @@ def _cost_table(data: dict[str, Any]) -> str:
             one = d.get("one_off")
             one_txt = "—"
             if one:
-                one_txt = (f"{_money(one['initial_usd'])} (training {_money(one['training_usd'])}: {one['training_basis']}; "
-                           f"labeling {_money(one['labeling_usd'])}: {one['labeling_basis']})")
+                one_txt = (f"{usd(one['initial_usd'])} (training {usd(one['training_usd'])}: {one['training_basis']}; "
+                           f"labeling {usd(one['labeling_usd'])}: {one['labeling_basis']})")
                 if one.get("retrain_every_days"):
-                    one_txt += f"; retrain every {one['retrain_every_days']} days at {_money(one['retrain_usd'])}"
+                    one_txt += f"; retrain every {one['retrain_every_days']} days at {usd(one['retrain_usd'])}"
             extra = ""
             if mode == "hosted" and d.get("cache_hit_rate"):
                 extra = f" ({100 * d['cache_hit_rate']:.0f}% cache hits)"
@@ -223,8 +218,8 @@ def _cost_table(data: dict[str, Any]) -> str:
             best = " ✔" if c.get("best") == mode else ""
             rows.append(
                 f"<tr><td>{_e(r['name'])}</td><td>{_e(mode.replace('_', '-'))}{best}</td><td>{_e(d['label'])}</td>"
-                f"<td class='num'>{_money(d['per_1k_usd'])}{_e(extra)}</td><td class='num'>{_money(d['monthly_usd'])}</td>"
-                f"<td>{_e(one_txt)}</td><td class='num'>{_money(d['total_monthly_usd'])}</td><td class='small'>{_e(notes)}</td></tr>"
+                f"<td class='num'>{usd(d['per_1k_usd'])}{_e(extra)}</td><td class='num'>{usd(d['monthly_usd'])}</td>"
+                f"<td>{_e(one_txt)}</td><td class='num'>{usd(d['total_monthly_usd'])}</td><td class='small'>{_e(notes)}</td></tr>"
             )
     if not rows:
         return "<p>No prices: set <code>economics</code> in task.yaml.</p>"

@@ -3,39 +3,97 @@
 
 Both are scored on the same held-out split as the prompting rungs. Before training, the data
 audit runs on the train split and its verdict is recorded with the rung; after training, the
-forgetting check scores the base and the tuned model on a general-ability probe. The adapter is
-trained once per (task config, train data) and shared by both rungs, so ``finetune_min`` costs
-only its evaluation; an interrupted training resumes from its last checkpoint.
+forgetting check scores the base and the tuned model on a general-ability probe. The model is
+trained once per (model, prompt, settings, train data) and loaded once per climb: ``finetune_min``
+resolves ``finetune`` and answers with the same loaded model, so it costs only its evaluation.
+An interrupted training resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from rungwise import paths
-from rungwise.config.task import Task
-from rungwise.prompting import PromptTemplate
-from rungwise.rungs.base import Prepared, Rung, RungContext, base_system
-from rungwise.types import Example, RungResult
+from pydantic import Field
+
+from rungwise.config.base import Strict
+from rungwise.errors import DataError
+from rungwise.prompting import PromptTemplate, chat_tokens_estimate, count_tokens_estimate
+from rungwise.rungs.base import (
+    Prepared,
+    Rung,
+    RungArtifact,
+    RungContext,
+    base_system,
+    estimate_template,
+)
+from rungwise.train.config import FinetuneSpec
+from rungwise.types import FINETUNE, Example, RungResult, TokenEstimate, TrainingRecord
 
 
-def finetune_dir(task: Task, train: Sequence[Example]) -> Path:
-    """Where the adapter for this task config and train split lives (stable across re-runs)."""
-    from rungwise.data.dataset import data_hash
-
-    key = hashlib.sha256(f"{task.config_hash()}:{data_hash(train)}".encode()).hexdigest()[:16]
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in task.name)[:40]
-    return paths.sub("finetunes") / f"{safe}-{key}"
+class AuditSummary(Strict):
+    verdict: str
+    summary: str
+    reasons: list[str] = Field(default_factory=list)
 
 
-def _audit_summary(task: Task, train: Sequence[Example]) -> dict[str, Any]:
+class FinetuneArtifact(RungArtifact):
+    """Where the tuned model is, what training took, and the checks around it."""
+
+    prompt: dict[str, Any] = Field(description="PromptTemplate.to_dict() of the prompt it is scored with.")
+    out_dir: str = Field(description="The fine-tune's output directory (result.json, adapter/ or model/).")
+    method: str
+    adapter_dir: str | None = None
+    model_dir: str | None = None
+    base_model: str
+    base_sha256: str | None = None
+    train_examples: int
+    val_examples: int
+    train_tokens: int = Field(description="Training tokens processed, all epochs.")
+    epochs: float
+    train_seconds: float
+    tokens_per_s: float
+    best_val_loss: float | None = None
+    device: str
+    world_size: int = 1
+    training_data_hash: str
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    audit: AuditSummary | None = None
+    forgetting: dict[str, Any] | None = None
+    forgetting_summary: str | None = None
+    model_card: str | None = None
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.audit is not None:
+            out.append(f"audit of the train split before fine-tuning: {self.audit.summary}")
+        out.append(
+            f"{self.method} on {self.train_examples} examples, {self.epochs:.3g} epoch(s), {self.train_tokens:,} "
+            f"tokens in {self.train_seconds:.0f} s on {self.device}; {'adapter' if self.adapter_dir else 'model'} "
+            f"{self.adapter_dir or self.model_dir}"
+        )
+        if self.forgetting_summary:
+            out.append(self.forgetting_summary)
+        return out
+
+    def training(self) -> TrainingRecord:
+        epochs = self.epochs or 1.0
+        return TrainingRecord(
+            examples=self.train_examples, tokens=round(self.train_tokens / epochs), epochs=self.epochs,
+            seconds=self.train_seconds, devices=self.world_size, device=self.device, method=self.method,
+        )
+
+
+def _audit(task: Any, train: Sequence[Example]) -> AuditSummary:
     from rungwise.data.audit import audit
 
     rep = audit(list(train), task=task)
-    return {"verdict": rep.verdict, "summary": rep.summary(), "reasons": list(rep.reasons)}
+    return AuditSummary(verdict=rep.verdict, summary=rep.summary(), reasons=list(rep.reasons))
+
+
+def _training_estimate(spec: FinetuneSpec, tpl: PromptTemplate, train: Sequence[Example]) -> TrainingRecord:
+    per_example = [chat_tokens_estimate(tpl.for_example(e)) + count_tokens_estimate(e.output) + 1 for e in train]
+    return TrainingRecord(examples=len(train), tokens=sum(per_example), epochs=spec.epochs, method=spec.method)
 
 
 class Finetune(Rung):
@@ -44,85 +102,124 @@ class Finetune(Rung):
 
     name = "finetune"
     summary = "LoRA/full/QLoRA fine-tune of the task model on the train split"
-    minimal = False
+    kind = FINETUNE
+    Config = FinetuneSpec
+    Artifact = FinetuneArtifact
+    cheap_to_prepare = False
 
     def prepare(self, ctx: RungContext) -> Prepared:
-        from rungwise.train.trainer import finetune, load_tuned_backend
+        from rungwise.train.trainer import finetune
 
         task = ctx.task
+        spec: FinetuneSpec = ctx.config
         system = base_system(task)
-        out_dir = finetune_dir(task, ctx.train)
-        art: dict[str, Any] = {"kind": "finetune", "out_dir": str(out_dir)}
-        if not self.minimal:
-            art["audit"] = _audit_summary(task, ctx.train)
-        res = finetune(task, ctx.train, out_dir, system_prompt=system, progress=True, resume=True)
-        tuned = load_tuned_backend(res, task)
-        art.update(
-            method=res.method,
-            adapter_dir=res.adapter_dir,
-            model_dir=res.model_dir,
-            base_model=res.base_model_id,
-            base_sha256=res.base_sha256,
-            train_examples=res.n_train,
-            val_examples=res.n_val,
-            train_tokens=res.train_tokens,
-            epochs=res.epochs_run,
-            train_seconds=res.train_seconds,
-            tokens_per_s=res.tokens_per_s,
-            best_val_loss=res.best_val_loss,
-            device=res.device,
-            data_hash=res.data_hash,
-            hyperparameters=res.hyperparameters,
+        audit = _audit(task, ctx.train)
+        res = finetune(task, ctx.train, ctx.work_dir, system_prompt=system, progress=True, resume=True)
+        art = FinetuneArtifact(
+            prompt=PromptTemplate(system).to_dict(), out_dir=res.out_dir, method=res.method,
+            adapter_dir=res.adapter_dir, model_dir=res.model_dir, base_model=res.base_model_id,
+            base_sha256=res.base_sha256, train_examples=res.n_train, val_examples=res.n_val,
+            train_tokens=res.train_tokens, epochs=res.epochs_run, train_seconds=res.train_seconds,
+            tokens_per_s=res.tokens_per_s, best_val_loss=res.best_val_loss, device=res.device,
+            world_size=res.world_size, training_data_hash=res.data_hash, hyperparameters=res.hyperparameters,
+            audit=audit,
         )
-        spec = task.rungs.finetune.forgetting
-        if spec.enabled and not self.minimal:
-            from rungwise.errors import DataError
-            from rungwise.train.forgetting import forgetting_check
+        prepared = self.load(ctx, art)
+        self._forgetting(ctx, spec, prepared)
+        return prepared
 
-            try:
-                fg = forgetting_check(
-                    ctx.backend_factory(), tuned, probe=spec.probe, n=spec.n, seed=spec.seed,
-                    threshold_points=spec.threshold_points, base_dir=task.base_dir,
-                )
-            except DataError as exc:
-                if spec.probe != "mmlu":
-                    raise  # the user's own probe file is broken: say so
-                # The default probe reads MMLU from the shared datasets folder, which a machine
-                # without it lacks; the rung is still measured, and the note says how to enable it.
-                art["forgetting_summary"] = (
-                    f"forgetting check skipped: {exc.message} (set RUNGWISE_SHARED to a folder with datasets/mmlu, "
-                    "or rungs.finetune.forgetting.probe to your own JSONL probe)"
-                )
-            else:
-                art["forgetting"] = fg.to_dict()
-                art["forgetting_summary"] = fg.summary()
-        tpl = PromptTemplate("") if self.minimal else PromptTemplate(system)
-        art["prompt"] = tpl.to_dict()
-        return Prepared(tpl, backend=tuned, artifact=art)
+    def load(self, ctx: RungContext, artifact: RungArtifact) -> Prepared:
+        from rungwise.train.trainer import load_tuned_backend
+
+        assert isinstance(artifact, FinetuneArtifact)
+        tuned = ctx.backends.adopt(load_tuned_backend(artifact.out_dir, ctx.task))
+        return Prepared(artifact, PromptTemplate.from_dict(artifact.prompt), backend=tuned)
+
+    def estimate(self, ctx: RungContext, sample: Sequence[Example]) -> TokenEstimate:
+        tpl = PromptTemplate(base_system(ctx.task))
+        est = estimate_template(tpl, sample)
+        est.training = _training_estimate(ctx.config, tpl, ctx.train)
+        return est
+
+    def _forgetting(self, ctx: RungContext, spec: FinetuneSpec, prepared: Prepared) -> None:
+        art = prepared.artifact
+        assert isinstance(art, FinetuneArtifact) and prepared.backend is not None
+        fspec = spec.forgetting
+        if not fspec.enabled:
+            return
+        from rungwise.train.forgetting import forgetting_check
+
+        try:
+            fg = forgetting_check(
+                ctx.shared_backend(), prepared.backend, probe=fspec.probe, n=fspec.n, seed=fspec.seed,
+                threshold_points=fspec.threshold_points, base_dir=ctx.task.base_dir,
+            )
+        except DataError as exc:
+            if fspec.probe != "mmlu":
+                raise  # the user's own probe file is broken: say so
+            # The default probe reads MMLU from the shared datasets folder, which a machine
+            # without it lacks; the rung is still measured, and the note says how to enable it.
+            art.forgetting_summary = (
+                f"forgetting check skipped: {exc.message} (set RUNGWISE_SHARED to a folder with datasets/mmlu, "
+                "or rungs.finetune.forgetting.probe to your own JSONL probe)"
+            )
+        else:
+            art.forgetting = fg.to_dict()
+            art.forgetting_summary = fg.summary()
 
     def finalize(self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult]) -> None:
-        """Write the model card once the tuned model's metrics (with CIs) are known."""
-        from rungwise.train.card import write_model_card
-        from rungwise.train.trainer import FinetuneResult
-
-        art = prepared.artifact
-        res = FinetuneResult.load(art["out_dir"])
-        metrics: dict[str, Any] = {}
-        forgetting = art.get("forgetting")
-        for r in [*previous, result]:
-            if r.rung == "finetune":
-                metrics["full prompt"] = r.metric
-                forgetting = forgetting or r.artifact.get("forgetting")
-            elif r.rung == "finetune_min":
-                metrics["minimal prompt"] = r.metric
-        card = write_model_card(res.artifact_dir, res, metrics=metrics, forgetting=forgetting, task_name=ctx.task.name)
-        art["model_card"] = str(card)
-        result.artifact["model_card"] = str(card)
+        _write_model_card(ctx, prepared, result, previous)
 
 
-class FinetuneMinimal(Finetune):
-    """The same tuned model with no instructions and no demos: how much behaviour is baked in."""
+def _write_model_card(ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult]) -> None:
+    """(Re)write the tuned model's card once its metrics (with CIs) are known: after each of the
+    two rungs, so the card holds the full-prompt and the minimal-prompt scores."""
+    from rungwise.train.card import write_model_card
+    from rungwise.train.trainer import FinetuneResult
+
+    art = prepared.artifact
+    assert isinstance(art, FinetuneArtifact)
+    res = FinetuneResult.load(art.out_dir)
+    metrics: dict[str, Any] = {}
+    forgetting = art.forgetting
+    for r in [*previous, result]:
+        if r.rung == Finetune.name:
+            metrics["full prompt"] = r.metric
+            forgetting = forgetting or r.artifact.get("forgetting")
+        elif r.rung == FinetuneMinimal.name:
+            metrics["minimal prompt"] = r.metric
+    card = write_model_card(res.artifact_dir, res, metrics=metrics, forgetting=forgetting, task_name=ctx.task.name)
+    art.model_card = str(card)
+
+
+class FinetuneMinimal(Rung):
+    """The model of the ``finetune`` rung with no instructions and no demos: how much of the
+    behaviour training baked in, and the prompt tokens that saves."""
 
     name = "finetune_min"
     summary = "the fine-tuned model with a minimal prompt (no instructions, no demos)"
-    minimal = True
+    kind = FINETUNE
+    Artifact = FinetuneArtifact
+    cheap_to_prepare = False
+
+    def prepare(self, ctx: RungContext) -> Prepared:
+        tuned = ctx.resolve(Finetune.name)
+        assert isinstance(tuned.artifact, FinetuneArtifact)
+        art = tuned.artifact.model_copy(update={"prompt": PromptTemplate("").to_dict(), "audit": None,
+                                                "forgetting": None, "forgetting_summary": None})
+        return Prepared(art, PromptTemplate(""), backend=tuned.backend)
+
+    def load(self, ctx: RungContext, artifact: RungArtifact) -> Prepared:
+        return Finetune().load(ctx, artifact)
+
+    def finalize(self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult]) -> None:
+        _write_model_card(ctx, prepared, result, previous)
+
+    def estimate(self, ctx: RungContext, sample: Sequence[Example]) -> TokenEstimate:
+        # It sends no system prompt: the estimate counts the bare input (issue: the old estimate
+        # charged it the full prompt it never sends).
+        tpl = PromptTemplate("")
+        est = estimate_template(tpl, sample)
+        finetune_cfg = ctx.task.rungs.section(Finetune.name)
+        est.training = _training_estimate(finetune_cfg, PromptTemplate(base_system(ctx.task)), ctx.train)
+        return est

@@ -25,7 +25,7 @@ def run(task_path: str, out: Path, *, resume: bool = True, progress: bool = True
 
     task = load_task(task_path)
     if max_steps is not None:
-        task.rungs.finetune.max_steps = max_steps
+        task.rungs.section("finetune").max_steps = max_steps
     split = load_split(task)
     res = finetune(
         task, split.train, out, system_prompt=system_prompt(task.instructions, task.labels), progress=progress, resume=resume

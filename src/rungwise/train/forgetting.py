@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rungwise.backends.base import Backend
+from rungwise.config.task import Task
 from rungwise.errors import DataError
 from rungwise.evaluate.scores import ScoreSet
 from rungwise.evaluate.stats import paired_test
@@ -248,12 +249,12 @@ def forgetting_check(
     )
 
 
-def forgetting_for_task(task: object, base: Backend, tuned: Backend) -> ForgettingResult | None:
+def forgetting_for_task(task: Task, base: Backend, tuned: Backend) -> ForgettingResult | None:
     """Run the check with the task's ``rungs.finetune.forgetting`` settings (None when disabled).
 
     A relative probe path is read from the task file's folder.
     """
-    spec = task.rungs.finetune.forgetting  # type: ignore[attr-defined]
+    spec = task.rungs.section("finetune").forgetting
     if not spec.enabled:
         return None
     return forgetting_check(
@@ -263,5 +264,5 @@ def forgetting_for_task(task: object, base: Backend, tuned: Backend) -> Forgetti
         n=spec.n,
         seed=spec.seed,
         threshold_points=spec.threshold_points,
-        base_dir=getattr(task, "base_dir", None),
+        base_dir=task.base_dir,
     )

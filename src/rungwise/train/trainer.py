@@ -38,6 +38,7 @@ from typing import Any
 from rungwise import __version__ as _rw_version
 from rungwise import models
 from rungwise._deps import require
+from rungwise.config.task import Task
 from rungwise.errors import ConfigError, DataError, MissingDependency, Unsupported
 from rungwise.train.config import FinetuneSpec
 from rungwise.train.data import (
@@ -142,10 +143,10 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def finetune_spec(task: Any) -> FinetuneSpec:
+def finetune_spec(task: Task) -> FinetuneSpec:
     """The task's ``rungs.finetune`` settings (defaults when the section is absent)."""
-    spec = getattr(getattr(task, "rungs", None), "finetune", None)
-    return spec if isinstance(spec, FinetuneSpec) else FinetuneSpec()
+    spec: FinetuneSpec = task.rungs.section("finetune")
+    return spec
 
 
 def use_bf16(spec: FinetuneSpec, device: str) -> bool:

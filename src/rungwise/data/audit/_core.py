@@ -18,14 +18,6 @@ from rungwise.data.audit._report import AuditReport, Band, Finding
 from rungwise.data.split import normalize_text
 from rungwise.types import Example
 
-# Category of each finding kind (for grouping in reports).
-_FORMAT_KINDS = {
-    "malformed_json", "not_object", "missing_field", "wrong_type", "non_string_content", "empty_output",
-    "empty_input", "unknown_key", "missing_messages", "message_format", "message_missing_key",
-    "message_unknown_key", "bad_role", "empty_message", "system_position", "missing_assistant",
-    "no_user_message", "csv_columns", "invalid_record",
-}  # fmt: skip
-
 # What a line with the problem is, for the finding's headline ("3 lines are not valid JSON").
 _FORMAT_TITLES = {
     "malformed_json": "is not valid JSON",

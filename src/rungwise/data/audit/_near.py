@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_MASK61 = np.uint64((1 << 61) - 1)
 SHINGLE = 5  # characters per shingle: robust to one-word edits in short texts (see bench/bench_audit.py)
 
 

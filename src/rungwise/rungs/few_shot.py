@@ -1,25 +1,52 @@
-"""The prompting rungs: ``zero_shot`` and ``few_shot``."""
+"""``few_shot``: k demonstrations from the train split, as earlier chat turns.
+
+``stratified`` uses one seeded demo set for every input, so the system prompt and demo block
+form a shared prefix whose KV cache is computed once. ``nearest`` picks the k train examples
+most similar to each input (TF-IDF cosine), most similar last (closest to the question).
+"""
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Literal
 
+from pydantic import Field
+
+from rungwise.config.base import Strict
+from rungwise.errors import ConfigError
 from rungwise.prompting import PromptTemplate
-from rungwise.rungs.base import Prepared, Rung, RungContext, base_system
+from rungwise.rungs.base import (
+    Prepared,
+    PromptArtifact,
+    PromptPlan,
+    Rung,
+    RungArtifact,
+    RungContext,
+    base_system,
+)
 from rungwise.types import Example
 
 
-class ZeroShot(Rung):
-    """System prompt (instructions + label list / format rules) and the input; nothing else."""
+class FewShotConfig(Strict):
+    """The ``rungs.few_shot`` section."""
 
-    name = "zero_shot"
-    summary = "instructions + label list, no examples"
+    k: int = Field(5, gt=0, description="Number of demonstrations from the train split.")
+    strategy: Literal["stratified", "nearest"] = Field(
+        "stratified",
+        description="stratified: a seeded sample spread over labels, the same demos for every input (its prefix "
+        "is cached); nearest: the k train examples most similar to each input.",
+    )
 
-    def prepare(self, ctx: RungContext) -> Prepared:
-        tpl = PromptTemplate(base_system(ctx.task))
-        return Prepared(tpl, artifact={"kind": "prompt", "prompt": tpl.to_dict()})
+
+class FewShotArtifact(PromptArtifact):
+    """The fixed prompt (with its demos, for ``stratified``), and how the demos were chosen."""
+
+    strategy: Literal["stratified", "nearest"]
+    k: int
+    demo_sources: list[str] = Field(default_factory=list, description="file:line of each fixed demo.")
+    demo_pool: int | None = Field(None, description="nearest: how many train examples the demos come from.")
 
 
 def stratified_demos(train: Sequence[Example], k: int, seed: int, by_label: bool) -> list[Example]:
@@ -100,33 +127,47 @@ class _Similarity:
 
 
 class FewShot(Rung):
-    """k demonstrations from the train split, as earlier chat turns.
-
-    ``stratified`` uses one seeded demo set for every input, so the system prompt and demo block
-    form a shared prefix whose KV cache is computed once. ``nearest`` picks the k train examples
-    most similar to each input (TF-IDF cosine), most similar last (closest to the question).
-    """
+    """k demonstrations from the train split, as earlier chat turns (see the module docstring)."""
 
     name = "few_shot"
     summary = "k demos from train (stratified or nearest-neighbour)"
+    Config = FewShotConfig
+    Artifact = FewShotArtifact
 
     def prepare(self, ctx: RungContext) -> Prepared:
-        spec = ctx.task.rungs.few_shot
+        cfg: FewShotConfig = ctx.config
         system = base_system(ctx.task)
-        seed = ctx.task.data.seed
-        by_label = bool(ctx.task.labels)
-        if spec.strategy == "nearest":
-            train = list(ctx.train)
-            index = _Similarity([ex.input for ex in train])
-
-            def per_example(ex: Example) -> PromptTemplate:
-                nn = index.top_k(ex.input, spec.k)
-                return PromptTemplate(system, tuple((train[i].input, train[i].output) for i in reversed(nn)))
-
+        if cfg.strategy == "nearest":
             tpl = PromptTemplate(system)
-            art = {"kind": "prompt", "prompt": tpl.to_dict(), "strategy": "nearest", "k": spec.k, "demo_pool": len(train)}
-            return Prepared(tpl, per_example=per_example, artifact=art)
-        demos = stratified_demos(ctx.train, spec.k, seed, by_label)
+            art = FewShotArtifact(prompt=tpl.to_dict(), strategy="nearest", k=cfg.k, demo_pool=len(ctx.train))
+            return self._nearest(art, tpl, ctx.train)
+        demos = stratified_demos(ctx.train, cfg.k, ctx.task.data.seed, by_label=bool(ctx.task.labels))
         tpl = PromptTemplate(system, tuple((d.input, d.output) for d in demos))
-        art = {"kind": "prompt", "prompt": tpl.to_dict(), "strategy": "stratified", "k": spec.k, "demo_sources": [d.source for d in demos]}
-        return Prepared(tpl, artifact=art)
+        art = FewShotArtifact(prompt=tpl.to_dict(), strategy="stratified", k=cfg.k, demo_sources=[d.source for d in demos])
+        return Prepared(art, tpl)
+
+    def load(self, ctx: RungContext, artifact: RungArtifact) -> Prepared:
+        assert isinstance(artifact, FewShotArtifact)
+        tpl = PromptTemplate.from_dict(artifact.prompt)
+        if artifact.strategy == "stratified":
+            return Prepared(artifact, tpl)
+        # Nearest-neighbour demos are rebuilt over the same (seeded, deterministic) train split.
+        if artifact.demo_pool is not None and artifact.demo_pool != len(ctx.train):
+            raise ConfigError(
+                f"few_shot was climbed with {artifact.demo_pool} train examples to pick demos from; the task now "
+                f"has {len(ctx.train)}",
+                hint="serve with the data the run used, or climb again",
+            )
+        return self._nearest(artifact, tpl, ctx.train)
+
+    @staticmethod
+    def _nearest(art: FewShotArtifact, tpl: PromptTemplate, train: Sequence[Example]) -> Prepared:
+        pool = list(train)
+        index = _Similarity([ex.input for ex in pool])
+
+        def per_example(ex: Example) -> PromptPlan:
+            nn = index.top_k(ex.input, art.k)
+            demos = tuple((pool[i].input, pool[i].output) for i in reversed(nn))
+            return PromptPlan(PromptTemplate(tpl.system, demos), trace={"demos": [pool[i].source for i in reversed(nn)]})
+
+        return Prepared(art, tpl, per_example=per_example)

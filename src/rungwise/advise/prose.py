@@ -1,0 +1,174 @@
+"""What the verdict says: the headline, the reasons with the measured numbers, the gap that
+justifies climbing above the first rung, and the next steps. The rules that decide are in
+:mod:`rungwise.advise.judge`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rungwise.advise.model import RungStatus, Verdict, fmt3, higher_is_better, n_for_halfwidth
+from rungwise.config.factors import ENOUGH_EXAMPLES, DecisionFactors
+from rungwise.config.task import Target
+from rungwise.economics.cost import RungCost
+from rungwise.money import usd
+from rungwise.types import RungResult
+
+
+def _valid_note(r: RungResult) -> str:
+    # A rung that cannot keep to the answer format fails for a different reason than one that answers wrongly.
+    if r.format_valid_rate < 0.9:
+        return f" ({r.format_valid_rate:.0%} of its answers in a valid format)"
+    return ""
+
+
+def _cost_phrase(c: RungCost | None) -> str:
+    if c is None or c.best() is None:
+        return "cost unknown (no price)"
+    d = c.best()
+    assert d is not None
+    vol = c.daily_volume
+    s = (f"${1000 * d.per_call(vol):,.4f} per 1,000 requests, {usd(c.total_monthly(), 'unpriced')}/month at {vol:,}/day "
+         f"({d.mode.replace('_', '-')}: {d.label}")
+    if d.mode == "hosted" and d.hit_rate(vol) > 0:
+        s += f", {d.hit_rate(vol):.0%} prefix-cache hits"
+    if d.one_off:
+        s += f", incl. {usd(d.one_off.amortized_per_month(c.horizon_days), 'unpriced')}/month of amortized training"
+    return s + ")"
+
+
+def explain_pick(
+    v: Verdict, pick: RungStatus, statuses: list[RungStatus], results: list[RungResult],
+    costs: dict[str, RungCost], target: Target | None, dropped: dict[str, str], bes: Sequence[Any],
+    volume: int, factors: DecisionFactors,
+) -> None:
+    idx = [s.rung for s in statuses].index(pick.rung)
+    r = results[idx]
+    m = r.metric
+    v.recommended = pick.rung
+    tgt = str(target) if target else "no target"
+    v.confidence = "high" if (target is None or pick.ci_meets) else "moderate"
+    v.headline = (f"Recommended: {pick.rung}. {m.name} {fmt3(m.value)} [95% CI {fmt3(m.ci_low)}, {fmt3(m.ci_high)}]"
+                  + (f" meets {tgt}" if target else "") + f"; {_cost_phrase(costs.get(pick.rung))}.")
+    # Why not the others.
+    for s in statuses:
+        if s.rung == pick.rung:
+            continue
+        base = f"{s.rung}: {m.name} {fmt3(s.value)} [{fmt3(s.ci_low)}, {fmt3(s.ci_high)}]"
+        if target is not None and not s.meets:
+            gap = abs(s.value - target.value)
+            v.reasons.append(f"{base} misses {tgt} by {gap:.3f}" + _valid_note(results[[x.rung for x in statuses].index(s.rung)]))
+        elif s.rung in dropped:
+            v.reasons.append(f"{base} meets the target but was passed over: {dropped[s.rung]}")
+        elif target is not None and not s.established:
+            v.reasons.append(f"{base} meets the target on its point estimate, but {s.note}")
+        elif target is not None:
+            v.reasons.append(f"{base} also meets the target but costs {usd(s.total_monthly_usd, 'unpriced')}/month vs "
+                             f"{usd(pick.total_monthly_usd, 'unpriced')}")
+    # The pick's own evidence.
+    if target is not None:
+        if pick.ci_meets:
+            v.reasons.append(f"{pick.rung}: the whole 95% CI clears the target")
+        else:
+            bound = m.ci_low if higher_is_better(target) else m.ci_high
+            v.reasons.append(f"{pick.rung}: the point estimate meets the target but the CI bound {fmt3(bound)} does "
+                             "not; confidence is moderate")
+            hw = (m.ci_high - m.ci_low) / 2
+            want = abs(m.value - target.value)
+            if want > 0:
+                v.next_steps.append(
+                    f"to confirm {pick.rung}, evaluate on about {n_for_halfwidth(m.n, hw, want):,} test examples "
+                    f"(now {m.n}): the CI would then clear the target if the score holds"
+                )
+    if r.comparison is not None:
+        c = r.comparison
+        sig = "significant" if c.significant else "not significant"
+        v.reasons.append(f"{pick.rung} vs {c.against}: {c.delta:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}], "
+                         f"p={c.p_value:.3g} ({c.test}): {sig}")
+    v.reasons.append(f"{pick.rung}: format-valid {r.format_valid_rate:.1%}, p95 latency {1000 * r.latency_p95_s:,.0f} ms "
+                     f"(measured on the climb's hardware)")
+    # Break-evens that bear on the choice: the pick against rungs that also qualify.
+    qualifying = {s.rung for s in statuses if s.established or target is None}
+    for be in bes:
+        if pick.rung in (be.finetune, be.against) and {be.finetune, be.against} <= qualifying:
+            v.reasons.append(be.sentence())
+    # The gap that justifies climbing above the first rung.
+    if idx > 0:
+        below = statuses[:idx]
+        best_below = max(below, key=lambda s: s.value if (target is None or higher_is_better(target)) else -s.value)
+        delta = pick.value - best_below.value
+        g = (f"{pick.rung} {fmt3(pick.value)} vs {best_below.rung} {fmt3(best_below.value)} "
+             f"[{fmt3(best_below.ci_low)}, {fmt3(best_below.ci_high)}]: {delta:+.3f}")
+        if r.comparison is not None and r.comparison.against == best_below.rung:
+            g += f" (paired test p={r.comparison.p_value:.3g})"
+        elif r.comparison is not None:
+            g += f"; against {r.comparison.against} directly below: {r.comparison.delta:+.3f} (p={r.comparison.p_value:.3g})"
+        if target is not None and not best_below.meets:
+            g += f"; {best_below.rung} misses {tgt} by {abs(best_below.value - target.value):.3f}"
+        elif target is not None and best_below.rung in dropped:
+            g += f"; {best_below.rung} was passed over: {dropped[best_below.rung]}"
+        elif target is not None:
+            g += f"; {best_below.rung} also meets the target, {pick.rung} is cheaper at this volume"
+        v.gap = g
+    if pick.kind.trains_weights and factors.clean_examples is None:
+        v.next_steps.append("set factors.clean_examples: fine-tuning needs 500+ clean examples to be dependable")
+
+
+def explain_none(
+    v: Verdict, statuses: list[RungStatus], results: list[RungResult], target: Target | None,
+    dropped: dict[str, str], factors: DecisionFactors,
+) -> None:
+    assert target is not None
+    hib = higher_is_better(target)
+    best_i = max(range(len(statuses)), key=lambda i: statuses[i].value if hib else -statuses[i].value)
+    best = statuses[best_i]
+    r = results[best_i]
+    name = r.metric.name
+    v.confidence = "none"
+    v.recommended = None
+    v.headline = (f"No rung meets {target}. Best: {best.rung} at {name} {fmt3(best.value)} "
+                  f"[{fmt3(best.ci_low)}, {fmt3(best.ci_high)}].")
+    for s, rr in zip(statuses, results, strict=True):
+        base = f"{s.rung}: {name} {fmt3(s.value)} [{fmt3(s.ci_low)}, {fmt3(s.ci_high)}]"
+        if not s.meets:
+            v.reasons.append(f"{base} misses {target} by {abs(s.value - target.value):.3f}" + _valid_note(rr))
+        elif s.rung in dropped:
+            v.reasons.append(f"{base} meets the target on its point estimate but: {dropped[s.rung]}")
+        else:
+            v.reasons.append(f"{base} meets the target on its point estimate, but {s.note}")
+    trained = [s for s in statuses if s.kind.trains_weights]
+    unproven = [s for s in statuses if s.meets and not s.established]
+    strict = [s for s in statuses if s.meets and s.established and not s.ci_meets]
+    steps = v.next_steps
+    if unproven or strict:
+        s0 = (unproven or strict)[0]
+        rr = results[[s.rung for s in statuses].index(s0.rung)]
+        hw = (rr.metric.ci_high - rr.metric.ci_low) / 2
+        want = max(abs(rr.metric.value - target.value), hw / 3)
+        steps.append(f"measure {s0.rung} on more test examples (about {n_for_halfwidth(rr.metric.n, hw, want):,}, now "
+                     f"{rr.metric.n}) to tell whether it really meets the target")
+    bound = best.ci_high if hib else best.ci_low
+    if target.met(bound) and not best.meets:
+        steps.append(f"the target lies inside {best.rung}'s CI: more test examples could settle it")
+    if not trained:
+        if factors.clean_examples is not None and factors.clean_examples < ENOUGH_EXAMPLES:
+            steps.append(f"collect {ENOUGH_EXAMPLES}+ clean examples (you have {factors.clean_examples}), then add the "
+                         "finetune rung")
+        else:
+            steps.append("add the finetune rung (rungs.order) to measure whether training closes the gap")
+    if trained:
+        records = [rr.training for s, rr in zip(statuses, results, strict=True) if s in trained and rr.training]
+        more = f" (trained on {records[0].examples})" if records else ""
+        steps.append(f"more clean training data{more}: fine-tuned scores usually keep rising with examples")
+    steps.append("a larger base model (model.id): a bigger model starts higher on every rung")
+    valid = r.format_valid_rate
+    if valid < 0.9:
+        steps.append(f"{1 - valid:.0%} of {best.rung}'s answers were not in a valid format: tighten the instructions, add "
+                     "demos, or fine-tune for the format")
+    wrong_valid = sum(1 for sc, ok in zip(r.scores, r.valid, strict=False) if ok and sc < 1)
+    if not any(s.kind.retrieves for s in statuses) and (factors.knowledge_change in ("fast", "slow") or wrong_valid > 0):
+        steps.append("if the failures are missing knowledge (facts the model cannot know), add the rag rung with your "
+                     "documents as the knowledge source")
+    if not steps:
+        steps.append("revisit the target or the metric: every measured rung falls short")
