@@ -26,6 +26,7 @@ from rungwise.config.task import Task, task_from_dict
 from rungwise.data.dataset import examples_hash, load_split
 from rungwise.economics.cost import RungCost, price_rungs
 from rungwise.errors import ConfigError, RungwiseError, Unsupported
+from rungwise.evaluate.diagnosis import diagnose
 from rungwise.evaluate.registry import get_metric
 from rungwise.evaluate.scores import ScoreSet
 from rungwise.evaluate.stats import bootstrap_ci, paired_test, percentile
@@ -245,6 +246,7 @@ def climb(
             )
             gen_seconds = float(store.rung(rung_id)["gen_seconds"])
             result = _rung_result(rung, rows, scoreset, task, gen_seconds, prepared)
+            result.failures = diagnose(scoreset, [json.loads(r["trace_json"] or "{}") for r in rows]).as_dict()
             result.id = rung_id
             if prev is not None:
                 result.comparison = paired_test(scoreset, prev[1], a_name=name, b_name=prev[0], seed=task.data.seed)

@@ -229,6 +229,8 @@ class RungResult:
     training: TrainingRecord | None = None
     #: lines the ladder prints under its table (the audit before training, the forgetting check, ...)
     notes: list[str] = field(default_factory=list)
+    #: failed examples by kind (rungwise.evaluate.diagnosis): behaviour (format) or knowledge (content)
+    failures: dict[str, int] = field(default_factory=dict)
     id: int | None = None
 
 

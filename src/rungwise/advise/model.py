@@ -43,6 +43,8 @@ class Verdict:
     factors_lean: str = "no preference"
     statuses: list[RungStatus] = field(default_factory=list)
     break_evens: list[dict[str, Any]] = field(default_factory=list)
+    #: what kind of failures each rung shows and which rung closed which kind (behaviour vs knowledge)
+    diagnosis: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +54,9 @@ class Verdict:
         lines = [self.headline]
         if self.gap:
             lines.append(f"Gap: {self.gap}")
+        if self.diagnosis:
+            lines.append("Failures (behaviour = wrong format, knowledge = wrong content):")
+            lines += [f"  - {d}" for d in self.diagnosis]
         if self.reasons:
             lines.append("Reasons:")
             lines += [f"  - {r}" for r in self.reasons]

@@ -172,3 +172,64 @@ def explain_none(
                      "documents as the knowledge source")
     if not steps:
         steps.append("revisit the target or the metric: every measured rung falls short")
+
+
+def explain_failures(results: Sequence[RungResult]) -> tuple[list[str], str | None]:
+    """Per rung, its failures by kind and what its step up closed; and the next step the remaining
+    failures of the best rung point to (None when there is no clear majority).
+
+    "Fine-tune for behaviour, RAG for knowledge": a rung whose failures are mostly wrong formats
+    needs the format enforced (constrained decoding, demos, a fine-tune); one whose failures are
+    mostly valid but wrong answers needs the facts (retrieval), not training.
+    """
+    lines: list[str] = []
+    prev: RungResult | None = None
+    for r in results:
+        f = r.failures
+        if not f:
+            prev = r
+            continue
+        n = r.metric.n
+        line = f"{r.rung}: {f['behaviour']} of {n} fail on format (behaviour), {f['knowledge']} on content (knowledge)"
+        traced = f.get("knowledge_retrieved", 0) + f.get("knowledge_not_retrieved", 0)
+        if traced:
+            line += (f"; of those, the gold passage was not retrieved for {f['knowledge_not_retrieved']} and "
+                     f"retrieved but misread for {f['knowledge_retrieved']}")
+        if prev is not None and prev.failures:
+            db = prev.failures["behaviour"] - f["behaviour"]
+            dk = prev.failures["knowledge"] - f["knowledge"]
+            line += f"; against {prev.rung}: {_closed(db, 'format')}, {_closed(dk, 'content')}"
+        lines.append(line)
+        prev = r
+    measured = [r for r in results if r.failures]
+    if not measured:
+        return lines, None
+    best = max(measured, key=lambda r: r.metric.value)
+    b, k = best.failures["behaviour"], best.failures["knowledge"]
+    if b + k == 0:
+        return lines, None
+    step = None
+    if k >= 2 * b:
+        if best.kind.retrieves and best.failures.get("knowledge_not_retrieved", 0) > best.failures.get(
+                "knowledge_retrieved", 0):
+            step = (f"{best.rung}'s remaining failures are knowledge ({k} of {b + k}), mostly passages retrieval "
+                    "missed: improve retrieval (more k, better chunking, the fused retriever) before training")
+        elif best.kind.retrieves:
+            step = (f"{best.rung}'s remaining failures are knowledge ({k} of {b + k}) although the gold passage was "
+                    "retrieved: the model misreads it; a larger model or a fine-tune on answering from passages "
+                    "(the hybrid rung) is next")
+        else:
+            step = (f"{best.rung}'s remaining failures are knowledge ({k} of {b + k} are valid but wrong): if the facts "
+                    "are in documents, add retrieval (the rag rung) rather than training")
+    elif b >= 2 * k:
+        step = (f"{best.rung}'s remaining failures are behaviour ({b} of {b + k} answers are not in the format): "
+                "constrain the output (the constrained rung) or add demos before fine-tuning for the format")
+    return lines, step
+
+
+def _closed(delta: int, what: str) -> str:
+    if delta > 0:
+        return f"{delta} fewer {what} failures"
+    if delta < 0:
+        return f"{-delta} more {what} failures"
+    return f"no change in {what} failures"

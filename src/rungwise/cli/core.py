@@ -43,7 +43,7 @@ def ladder_table(c: Ladder, title: str | None = None) -> Table:
     t = Table(title=title or f"{c.task}: the ladder (n_test={c.n_test}, run {c.run_id})", title_justify="left")
     for col, just in [("rung", "left"), (f"{metric} [95% CI]", "right"), ("format-valid", "right"),
                       ("tokens/call in+out", "right"), ("p50 latency", "right"), ("ex/s", "right"),
-                      ("p vs below", "right"), ("meets target", "center")]:
+                      ("fails fmt/content", "right"), ("p vs below", "right"), ("meets target", "center")]:
         t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for r in c.rungs:
         m = r.metric
@@ -57,6 +57,7 @@ def ladder_table(c: Ladder, title: str | None = None) -> Table:
             f"{r.mean_prompt_tokens:.0f} + {r.mean_completion_tokens:.1f}",
             _fmt_latency(r.latency_p50_s),
             f"{r.examples_per_s:.1f}",
+            f"{r.failures['behaviour']}/{r.failures['knowledge']}" if r.failures else "—",
             p,
             meets,
         )

@@ -67,6 +67,9 @@ def verdict_panel(v: Verdict) -> Panel:
     parts: list[Text] = [Text(v.headline, style="bold green" if v.recommended else "bold yellow")]
     if v.gap:
         parts.append(Text("gap: " + v.gap))
+    if v.diagnosis:
+        parts.append(Text("failures (behaviour = wrong format, knowledge = wrong content):", style="bold"))
+        parts += [Text("  • " + d) for d in v.diagnosis]
     if v.reasons:
         parts.append(Text("reasons:", style="bold"))
         parts += [Text("  • " + r) for r in v.reasons]

@@ -86,7 +86,7 @@ def report_data(
     rungs = []
     for r in climb.rungs:
         rungs.append({
-            "name": r.rung, "kind": r.kind.name, "notes": list(r.notes), "metric": asdict(r.metric),
+            "name": r.rung, "kind": r.kind.name, "notes": list(r.notes), "failures": dict(r.failures), "metric": asdict(r.metric),
             "format_valid_rate": r.format_valid_rate, "mean_prompt_tokens": r.mean_prompt_tokens,
             "mean_completion_tokens": r.mean_completion_tokens, "mean_cached_tokens": r.mean_cached_tokens,
             "latency_p50_s": r.latency_p50_s, "latency_p95_s": r.latency_p95_s, "examples_per_s": r.examples_per_s,

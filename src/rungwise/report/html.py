@@ -185,11 +185,19 @@ def _ladder_table(data: dict[str, Any]) -> str:
             f"<td class='num'>{float(r.get('mean_prompt_tokens') or 0):,.0f} ({float(r.get('mean_cached_tokens') or 0):,.0f})"
             f" + {float(r.get('mean_completion_tokens') or 0):,.1f}</td>"
             f"<td class='num'>{1000 * float(r.get('latency_p50_s') or 0):,.0f} / {1000 * float(r.get('latency_p95_s') or 0):,.0f} ms</td>"
-            f"<td class='num'>{float(r.get('examples_per_s') or 0):.2f}</td><td>{_e(p)}</td><td>{meets}</td></tr>"
+            f"<td class='num'>{float(r.get('examples_per_s') or 0):.2f}</td><td class='num'>{_failures(r)}</td>"
+            f"<td>{_e(p)}</td><td>{meets}</td></tr>"
         )
     return ("<table id='ladder-table'><thead><tr><th>rung</th><th>kind</th><th>metric [95% CI]</th><th>format-valid</th>"
             "<th>tokens/call (cached) + completion</th><th>latency p50 / p95</th><th>examples/s</th>"
-            "<th>vs rung below</th><th>meets target</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+            "<th title='failed examples: wrong format (behaviour) / valid but wrong content (knowledge)'>failures "
+            "format / content</th><th>vs rung below</th><th>meets target</th></tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table>")
+
+
+def _failures(r: dict[str, Any]) -> str:
+    f = r.get("failures") or {}
+    return f"{f['behaviour']} / {f['knowledge']}" if f else "—"
 
 
 def _cost_table(data: dict[str, Any]) -> str:
@@ -262,7 +270,9 @@ def _examples(data: dict[str, Any]) -> str:
                 continue
             sc = p.get("score")
             cls = "invalid" if p.get("valid") is False else ("ok" if sc is not None and float(sc) >= 1.0 else "bad")
-            cells.append(f"<td class='{cls}' title='score {_e(sc)}'><div>{_e(p.get('prediction'))}</div></td>")
+            trace = p.get("trace")
+            shown_trace = f"<div class='small trace'>{_e(_trace_text(trace))}</div>" if trace else ""
+            cells.append(f"<td class='{cls}' title='score {_e(sc)}'><div>{_e(p.get('prediction'))}</div>{shown_trace}</td>")
         body.append(
             f"<tr data-fail='{_e(' '.join(failed))}'><td class='num'>{i}</td><td class='small'>{_e(ex.get('source'))}</td>"
             f"<td><div>{_e(ex.get('input'))}</div></td><td><div>{_e(ex.get('expected'))}</div></td>{''.join(cells)}</tr>"
@@ -279,6 +289,16 @@ def _examples(data: dict[str, Any]) -> str:
         "<table id='example-table'><thead><tr><th>#</th><th>source</th><th>input</th><th>expected</th>"
         + "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>"
     )
+
+
+def _trace_text(trace: dict[str, Any]) -> str:
+    """A per-example trace in one line: what was retrieved (ids and scores), the constraint, the demos."""
+    parts = []
+    for key, value in trace.items():
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value[:8]) + (" ..." if len(value) > 8 else "")
+        parts.append(f"{key}: {value}")
+    return "; ".join(parts)
 
 
 def render_html(data: dict[str, Any]) -> str:

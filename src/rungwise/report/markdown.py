@@ -24,6 +24,11 @@ def _cell(x: Any, width: int = 80) -> str:
     return s.replace("|", "\\|")
 
 
+def _failures(r: dict[str, Any]) -> str:
+    f = r.get("failures") or {}
+    return f"{f['behaviour']} / {f['knowledge']}" if f else "—"
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     """The report as GitHub-flavoured Markdown (see :mod:`rungwise.report.data` for ``data``)."""
     out = [MARKER, f"# rungwise report: {data.get('task', '?')}"]
@@ -42,14 +47,18 @@ def render_markdown(data: dict[str, Any]) -> str:
         out.append("")
         if v.get("gap"):
             out += [f"Measured gap: {v['gap']}", ""]
+        if v.get("diagnosis"):
+            out += ["Failures (behaviour = wrong format, knowledge = wrong content):", ""]
+            out += [f"- {x}" for x in v["diagnosis"]] + [""]
         for key, label in (("reasons", "Reasons"), ("warnings", "Warnings"), ("next_steps", "Next steps")):
             if v.get(key):
                 out += [f"{label}:", ""] + [f"- {x}" for x in v[key]] + [""]
     else:
         out += ["No verdict (this run was not priced or judged).", ""]
     out += ["## The ladder", "",
-            "| rung | metric [95% CI] | format-valid | tokens/call (cached) + completion | p50 / p95 latency | vs rung below | meets target |",
-            "|---|---|---|---|---|---|---|"]
+            "| rung | metric [95% CI] | format-valid | tokens/call (cached) + completion | p50 / p95 latency | "
+            "failures format / content | vs rung below | meets target |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in data.get("rungs") or []:
         m = r["metric"]
         p = comparison_cell(r)
@@ -59,7 +68,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{100 * float(r.get('format_valid_rate') or 0):.1f}% | {float(r.get('mean_prompt_tokens') or 0):,.0f} "
             f"({float(r.get('mean_cached_tokens') or 0):,.0f}) + {float(r.get('mean_completion_tokens') or 0):,.1f} | "
             f"{1000 * float(r.get('latency_p50_s') or 0):,.0f} / {1000 * float(r.get('latency_p95_s') or 0):,.0f} ms | "
-            f"{p} | {meets} |"
+            f"{_failures(r)} | {p} | {meets} |"
         )
     out.append("")
     econ = data.get("economics") or {}
