@@ -42,8 +42,8 @@ def ladder_table(c: Ladder, title: str | None = None) -> Table:
     metric = c.rungs[0].metric.name if c.rungs else "metric"
     t = Table(title=title or f"{c.task}: the ladder (n_test={c.n_test}, run {c.run_id})", title_justify="left")
     for col, just in [("rung", "left"), (f"{metric} [95% CI]", "right"), ("format-valid", "right"),
-                      ("tokens/call in+out", "right"), ("p50 latency", "right"), ("ex/s", "right"),
-                      ("fails fmt/content", "right"), ("p vs below", "right"), ("meets target", "center")]:
+                      ("tokens in+out", "right"), ("p50 latency", "right"), ("ex/s", "right"),
+                      ("fails fmt/kn", "right"), ("p vs below", "right"), ("meets target", "center")]:
         t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for r in c.rungs:
         m = r.metric
@@ -194,7 +194,8 @@ def register(app: typer.Typer) -> None:
         for note in ladder_notes(result):
             console.print(f"  {note}", highlight=False)
         console.print(_summary(result))
-        console.print("[dim]* = significant at p < 0.05 (paired test against the rung below)[/]")
+        console.print("[dim]* = significant at p < 0.05 (paired test against the rung below); fails fmt/kn = failed "
+                      "examples with a wrong format (behaviour) / valid but wrong (knowledge)[/]")
         from rungwise.cli.render import print_economics
 
         print_economics(console, result.costs, result.verdict)
