@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"rungs"},
     {"economics", "advise"},
     {"climb"},
-    {"report", "serve"},
+    {"report", "serve", "compare"},
     {"cli", "__main__", "__init__"},
 ]
 

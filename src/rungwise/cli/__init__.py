@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "rungwise.cli.economics",
     "rungwise.cli.audit",
     "rungwise.cli.train",
+    "rungwise.cli.compare",
 ]
 
 for _mod in COMMAND_MODULES:
