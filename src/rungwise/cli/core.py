@@ -151,6 +151,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a working task (task.yaml + a 212-example ticket-routing dataset) to DIRECTORY."""
         src = resources.files("rungwise") / "templates" / "ticket-routing"
+        if directory.exists() and not directory.is_dir():
+            raise RungwiseError(f"{directory}: is a file, not a directory", hint="give a new directory name, e.g. my-task")
         directory.mkdir(parents=True, exist_ok=True)
         names = [p.name for p in src.iterdir() if p.name in ("task.yaml", "data.jsonl")]
         clash = [n for n in names if (directory / n).exists()]
@@ -195,8 +197,9 @@ def register(app: typer.Typer) -> None:
             )
         except KeyboardInterrupt:
             rep.close()
-            err_console.print(f"\ninterrupted: resume with  rungwise climb {task_file} --resume")
-            raise typer.Exit(130) from None
+            err_console.print(f"\ninterrupted: resume with  rungwise climb {task_file} --resume", markup=False)
+            # SystemExit, not typer.Exit: it keeps its status through any typer/click version.
+            raise SystemExit(130) from None
         finally:
             rep.close()
         if as_json:
