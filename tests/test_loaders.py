@@ -95,3 +95,14 @@ def test_wrong_type_and_missing_file(tmp_path: Path) -> None:
         load_examples(p)
     with pytest.raises(DataError, match="no such data file"):
         load_examples(tmp_path / "nope.jsonl")
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"])
+def test_jsonl_keeps_raw_line_separators_inside_strings(tmp_path: Path, sep: str) -> None:
+    """json.dumps(ensure_ascii=False) writes these raw; only a newline ends a JSONL record."""
+    rows = [{"input": f"first{sep}part", "output": "a"}, {"input": "second", "output": f"b{sep}c"}, {"input": "third", "output": "d"}]
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    ex = load_examples(p)
+    assert [(e.input, e.output) for e in ex] == [(r["input"], r["output"]) for r in rows]
+    assert [e.source.rsplit(":", 1)[1] for e in ex] == ["1", "2", "3"]

@@ -39,10 +39,23 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of a JSONL text with their 1-based line numbers.
+
+    Lines end at ``\\n`` only (a ``\\r`` before it is JSON whitespace): ``str.splitlines`` would also
+    split at U+2028, U+2029, U+0085 and other separators that JSON allows raw inside strings,
+    and ``json.dumps(..., ensure_ascii=False)`` writes them so.
+
+    >>> list(jsonl_lines('{"a": "x\\u2028y"}\\n\\n{"b": 1}\\r\\n'))
+    [(1, '{"a": "x\\u2028y"}'), (3, '{"b": 1}\\r')]
+    """
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield n, line
+
+
 def _jsonl_records(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(text):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:

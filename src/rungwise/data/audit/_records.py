@@ -217,9 +217,7 @@ def read_jsonl(path: Path, text: str, fmt: str, cin: str, cout: str) -> ReadResu
     rows: list[Row] = []
     parsed: list[Any] = []
     decoder = json.JSONDecoder()
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in loaders.jsonl_lines(text):
         row = Row(len(rows), n, f"{path}:{n}")
         try:
             rec = decoder.decode(line)
