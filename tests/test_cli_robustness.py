@@ -121,3 +121,40 @@ def test_init_given_an_existing_file(tmp_path: Path) -> None:
     f.write_text("mine")
     assert_clear_error(run("init", str(f)), "notes.txt: is a file, not a directory")
     assert f.read_text() == "mine"
+
+
+# -- 6: user text is printed, never read as rich markup ---------------------------------------------
+
+def test_markup_in_a_task_name_is_printed_as_written(tmp_path: Path) -> None:
+    name = "bad[/]name [bold]x[/bold] [red]"
+    t = write_task(tmp_path, name=name, target="accuracy >= 0.9")
+    p = run("climb", str(t), "--all", "--no-progress")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert f"{name}: the ladder" in p.stdout
+    for args in (["runs", "list"], ["runs", "show", "1"]):
+        p = run(*args)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (args, p.stderr)
+        assert name in p.stdout, (args, p.stdout)
+
+
+def test_markup_in_labels_is_printed_by_audit(tmp_path: Path) -> None:
+    from test_audit import clean_records
+    from test_audit import write_jsonl as write_records
+
+    recs = clean_records()
+    recs[5] = {"input": recs[5]["input"], "output": "[/urgent]"}  # a label seen once: a rare_label finding
+    recs[11] = {"input": recs[11]["input"], "output": "[urgent]"}
+    data = write_records(tmp_path / "train.jsonl", recs)
+    p = run("audit", str(data))
+    assert p.returncode in (0, 1) and "Traceback" not in p.stderr, p.stderr
+    flat = " ".join(p.stdout.split())
+    assert "'[/urgent]'" in flat and "'[urgent]'" in flat, p.stdout
+
+
+def test_markup_in_price_entries_is_printed_as_written(tmp_path: Path) -> None:
+    econ = {"price_model": "acme/[/]llm", "prices": {"models": {"acme/[/]llm": {
+        "input_per_1m": 0.2, "output_per_1m": 0.8, "source": "our [bold]contract", "date": "2025-06-01", "note": "[/note]"}}}}
+    t = write_task(tmp_path, economics=econ)
+    p = run("prices", "--task", str(t))
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert "acme/[/]llm" in p.stdout and "our [bold]contract (2025-06-01); [/note]" in p.stdout, p.stdout
