@@ -158,3 +158,13 @@ def test_markup_in_price_entries_is_printed_as_written(tmp_path: Path) -> None:
     p = run("prices", "--task", str(t))
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     assert "acme/[/]llm" in p.stdout and "our [bold]contract (2025-06-01); [/note]" in p.stdout, p.stdout
+
+
+# -- 14: a python: metric runs code, and the scaffold says so ---------------------------------------
+
+def test_init_warns_that_a_python_metric_runs_code(tmp_path: Path) -> None:
+    p = run("init", str(tmp_path / "proj"))
+    assert p.returncode == 0, p.stderr
+    text = " ".join((tmp_path / "proj" / "task.yaml").read_text().replace("#", " ").split())
+    assert "python:module:function imports and runs that Python code" in text
+    assert "a task.yaml from someone else is code" in text

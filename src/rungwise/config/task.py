@@ -71,7 +71,10 @@ class DataSpec(Strict):
 
 class MetricSpec(Strict):
     """The metric. ``name`` is one of: exact_match, accuracy, macro_f1, json_valid, json_schema,
-    json_fields, numeric, chrf, rouge_l, token_f1, regex, or ``python:module:function`` for your own."""
+    json_fields, numeric, chrf, rouge_l, token_f1, regex, or ``python:module:function`` for your own.
+
+    ``python:...`` imports and runs that code (a module or ``.py`` file beside task.yaml) on every
+    climb, so a task file from someone else is code: read the module it names before climbing."""
 
     name: str = Field("exact_match", description="Metric name (see above).")
     options: dict[str, Any] = Field(
