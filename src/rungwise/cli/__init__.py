@@ -58,14 +58,14 @@ def main() -> None:
     """Entry point: user errors print a clear message and exit 2, never a traceback.
 
     typer runs in standalone mode, so usage errors (a missing argument, an unknown option or
-    command, a bad value) are printed and exit 2 by the click that typer itself uses: typer
-    >= 0.2x ships a private copy (``typer._click``), so catching ``click.ClickException`` here
+    command, a bad value) are printed and exit 2 by the click that typer itself uses: recent
+    typers ship a private copy (``typer._click``), so catching ``click.ClickException`` here
     would miss them. A Ctrl-C exits 130 whatever click makes of it (old clicks print "Aborted!"
     and exit 1).
     """
     _ignore_ml_deprecations()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_first_interrupt)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_first_interrupt) if in_main_thread else None
     try:
         app()
     except RungwiseError as exc:
@@ -81,3 +81,8 @@ def main() -> None:
         if _interrupted:
             sys.exit(130)
         raise
+    finally:
+        # main() called in-process (tests, embedding) leaves SIGINT as it found it, unless a Ctrl-C
+        # came: then the next one must still end the process at once, whatever runs at exit.
+        if previous is not None and not _interrupted:
+            signal.signal(signal.SIGINT, previous)
