@@ -497,3 +497,39 @@ def test_clean_examples_are_what_fix_keeps(tmp_path: Path) -> None:
     # The repeat, both sides of the conflict and the leaked line are gone; the rest stays in order.
     assert len(kept) == len(exs) - 4 and rep.n_clean == len(kept)
     assert kept[0] is exs[0] and exs[1] not in kept and exs[5] not in kept
+
+
+def test_raw_line_separators_inside_json_strings_are_valid(tmp_path: Path) -> None:
+    recs = clean_records()
+    recs[4] = {"input": recs[4]["input"] + "\u2028second line\u0085third", "output": recs[4]["output"]}
+    recs[9] = dict(recs[0])  # a real finding further down keeps its line number
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    report = audit(src, fmt="jsonl")
+    assert report.n_records == 600 and report.n_valid == 600, sorted(kinds(report))
+    assert "malformed_json" not in kinds(report) and lines_of(report, "exact_duplicate") == [10]
+    out = tmp_path / "clean.jsonl"
+    write_fixed(report, out)
+    kept = [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n") if line]
+    assert recs[4] in kept
+
+
+def test_csv_unclosed_quote_and_unicode_lookalike_label(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    recs = clean_records()
+    with open(p, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["input", "output"])
+        for r in recs:
+            w.writerow([r["input"], r["output"]])
+        f.write('"never closed,billing\nlast,cards\n')
+    rep = audit(p)
+    assert lines_of(rep, "csv_columns") == [602]
+    assert "never closed" in rep.by_kind("csv_columns").message  # type: ignore[union-attr]
+
+    recs[3] = {"input": recs[3]["input"], "output": "ca\uff52ds"}  # a full-width 'r'
+    data = write_jsonl(tmp_path / "train.jsonl", recs)
+    task = task_from_dict({"name": "t", "data": {"path": "train.jsonl"}, "labels": LABELS}, base_dir=tmp_path)
+    rep = audit(data, task=task)
+    assert lines_of(rep, "unknown_label") == [4]
+    assert "U+FF52 FULLWIDTH LATIN SMALL LETTER R vs plain ASCII only" in rep.by_kind("unknown_label").message  # type: ignore[union-attr]

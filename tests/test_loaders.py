@@ -95,3 +95,66 @@ def test_wrong_type_and_missing_file(tmp_path: Path) -> None:
         load_examples(p)
     with pytest.raises(DataError, match="no such data file"):
         load_examples(tmp_path / "nope.jsonl")
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"])
+def test_jsonl_keeps_raw_line_separators_inside_strings(tmp_path: Path, sep: str) -> None:
+    """json.dumps(ensure_ascii=False) writes these raw; only a newline ends a JSONL record."""
+    rows = [{"input": f"first{sep}part", "output": "a"}, {"input": "second", "output": f"b{sep}c"}, {"input": "third", "output": "d"}]
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    ex = load_examples(p)
+    assert [(e.input, e.output) for e in ex] == [(r["input"], r["output"]) for r in rows]
+    assert [e.source.rsplit(":", 1)[1] for e in ex] == ["1", "2", "3"]
+
+
+def test_headerless_csv_is_told_to_add_a_header(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    p.write_text("How do I reset my password,account\nMy card was charged twice,billing\n", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        load_examples(p)
+    msg = str(e.value)
+    assert "d.csv:1: no column 'input', 'output' in the header row (it reads: 'How do I reset my password'" in msg
+    assert "the file has no header: add a first line naming the columns, e.g. 'input,output'" in msg
+
+
+def test_unclosed_csv_quote_is_reported_where_it_opens(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    p.write_text('input,output\nhello,a\n"oops,b\nthird,c\nfourth,d\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"d.csv:3: a quoted field opened on this line is never closed, so lines 3-5"):
+        load_examples(p)
+    # a quote in the last column swallows the rest of the file with the right column count
+    p.write_text('input,output\nhello,a\nthird,"c\nfourth,d\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"d.csv:3: a quoted field opened on this line is never closed"):
+        load_examples(p)
+    # a record that spans lines legitimately is located where it starts
+    p.write_text('input,output\n\n"two\nlines",a\nnext,b\n', encoding="utf-8")
+    assert [e.source.rsplit(":", 1)[1] for e in load_examples(p)] == ["3", "5"]
+
+
+def test_a_label_in_another_unicode_form_shows_its_code_points(tmp_path: Path) -> None:
+    from rungwise.config.task import task_from_dict
+    from rungwise.data.dataset import load_split
+
+    rows = [{"input": f"q{i}", "output": ["caf\u00e9", "tea"][i % 2]} for i in range(10)]
+    rows[6]["output"] = "cafe\u0301"  # NFD: prints exactly like the label
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    task = task_from_dict({"name": "x", "data": {"path": "d.jsonl"}, "labels": ["caf\u00e9", "tea"]}, base_dir=tmp_path)
+    with pytest.raises(DataError) as e:
+        load_split(task)
+    assert "d.jsonl:7: label" in str(e.value)
+    assert "(U+0301 COMBINING ACUTE ACCENT vs U+00E9 LATIN SMALL LETTER E WITH ACUTE)" in str(e.value)
+
+
+def test_a_train_split_with_one_label_warns(tmp_path: Path) -> None:
+    from rungwise.config.task import task_from_dict
+    from rungwise.data.dataset import load_split
+
+    write_jsonl(tmp_path / "train.jsonl", [{"input": f"q{i}", "output": "billing"} for i in range(6)])
+    write_jsonl(tmp_path / "test.jsonl", [{"input": "t1", "output": "bug"}, {"input": "t2", "output": "billing"}])
+    data = {"train": "train.jsonl", "test": "test.jsonl"}
+    split = load_split(task_from_dict({"name": "x", "data": data, "labels": ["billing", "bug"]}, base_dir=tmp_path))
+    assert len(split.warnings) == 1 and "6 examples all have label 'billing'" in split.warnings[0]
+    assert "can only learn to answer 'billing'" in split.warnings[0]
+    write_jsonl(tmp_path / "train.jsonl", [{"input": f"q{i}", "output": ["billing", "bug"][i % 2]} for i in range(6)])
+    assert load_split(task_from_dict({"name": "x", "data": data, "labels": ["billing", "bug"]}, base_dir=tmp_path)).warnings == []

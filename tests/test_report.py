@@ -122,3 +122,57 @@ def test_svg_helpers() -> None:
     ln = line_chart([1, 10, 100], {"a": [1, 2, 3], "b": [3, 2, 1]}, title="t", x_label="x", y_label="y",
                     vline=(10, "now"), points=[(10, 2, "cross")])
     assert ln.count('class="line"') == 2 and 'class="marker"' in ln and 'class="vline"' in ln
+
+
+HOSTILE_NAME = "t</script><!--<script>x"
+HOSTILE_INPUT = "<img src=x onerror=alert(1)> and [a link](javascript:alert(1)) a|b"
+HOSTILE_PREDICTION = "**loud** `code` <script>x</script>"
+
+
+def _hostile_report(tmp_path: Path) -> dict[str, Path]:
+    data = {
+        "task": HOSTILE_NAME, "run_id": 1, "model": "m`x", "n_test": 1,
+        "rungs": [{"name": "zero_shot", "metric": {"name": "accuracy", "value": 0.0, "ci_low": 0.0, "ci_high": 0.0}}],
+        "examples": [{"input": HOSTILE_INPUT, "expected": "billing", "source": "d.jsonl:1",
+                      "rungs": {"zero_shot": {"prediction": HOSTILE_PREDICTION, "score": 0.0, "valid": False}}}],
+    }
+    return write_report(data, tmp_path / "r")
+
+
+def test_html_report_embeds_json_that_cannot_end_its_script(tmp_path: Path) -> None:
+    page = _hostile_report(tmp_path)["html"].read_text()
+    embedded = re.search(r"<script type='application/json' id='report-meta'>(.*?)</script>", page, re.S)
+    assert embedded is not None
+    assert "<" not in embedded.group(1) and json.loads(embedded.group(1))["task"] == HOSTILE_NAME
+    # the page holds exactly its own two scripts: no user text opened or closed one
+    assert page.count("<script") == 2 and page.count("</script>") == 2 and "<!--<" not in page
+
+
+def test_markdown_report_shows_inputs_and_outputs_as_text(tmp_path: Path) -> None:
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    md = _hostile_report(tmp_path)["markdown"].read_text()
+    rendered = MarkdownIt("commonmark").enable("table").render(md)
+
+    class Tags(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: set[str] = set()
+            self.text: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.tags.add(tag)
+
+        def handle_data(self, data: str) -> None:
+            self.text.append(data)
+
+    page = Tags()
+    page.feed(rendered)
+    assert not page.tags & {"img", "script", "a"}, page.tags  # and the text below shows **loud** unrendered
+    text = " ".join("".join(page.text).split())
+    for shown in (HOSTILE_NAME, HOSTILE_INPUT, HOSTILE_PREDICTION, "m`x"):
+        assert shown in text, (shown, text)
+    rows = [line for line in md.splitlines() if line.startswith("| <") or "onerror" in line]
+    assert len(rows) == 1 and rows[0].count(" | ") == 3  # one table row of four cells: the pipe stayed in its cell

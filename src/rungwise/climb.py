@@ -24,9 +24,11 @@ from rungwise.advise import Verdict, verdict
 from rungwise.backends.base import Backend
 from rungwise.config.task import Task, task_from_dict
 from rungwise.data.dataset import examples_hash, load_split
+from rungwise.data.split import Split
 from rungwise.economics.cost import RungCost, price_rungs
 from rungwise.errors import ConfigError, RungwiseError, Unsupported
 from rungwise.evaluate.diagnosis import diagnose
+from rungwise.evaluate.metrics import Metric
 from rungwise.evaluate.registry import get_metric
 from rungwise.evaluate.scores import ScoreSet
 from rungwise.evaluate.stats import bootstrap_ci, paired_test, percentile
@@ -188,6 +190,8 @@ def climb(
         limit = json.loads(row["options_json"]).get("limit")  # a bare --resume keeps the run's own limit
     test: list[Example] = split.test[:limit] if limit else split.test
     model_id = backend.model_id if backend else task.model.describe()
+    for warning in split.warnings:
+        reporter.note(warning)
     if split.leakage.count:
         reporter.note(
             f"leakage: {split.leakage.count} test example(s) duplicated train inputs and were dropped "
@@ -196,7 +200,6 @@ def climb(
     if row is not None:
         _check_resumable(row, split.train, test, limit)
         climb_id = int(row["id"])
-        store.set_climb_status(climb_id, "running")
         reporter.note(f"resuming run {climb_id}")
     else:
         climb_id = store.create_climb(
@@ -214,7 +217,19 @@ def climb(
             options_json=json.dumps({"limit": limit, "rungs": order}),
             rungwise_version=__version__,
         )
+    # One process climbs a run at a time: a second `--resume` of a run still being climbed is
+    # refused instead of generating the same predictions twice.
+    with store.claim_climb(climb_id):
+        store.set_climb_status(climb_id, "running")
+        return _climb_rungs(task, split, test, order, rung_objs, metric, climb_id, store, reporter, backend, all_rungs,
+                            limit)
 
+
+def _climb_rungs(
+    task: Task, split: Split, test: list[Example], order: list[str], rung_objs: list[Rung], metric: Metric,
+    climb_id: int, store: Store, reporter: Reporter, backend: Backend | None, all_rungs: bool, limit: int | None,
+) -> ClimbResult:
+    """Prepare, answer, score and compare each rung in order; price and judge the ladder."""
     workspace = Workspace(
         task, split.train, BackendPool(task.model.build, borrowed=backend),
         stored=lambda name: store.latest_artifact(name, str(workspace.work_dir(name))),

@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,38 +92,90 @@ MIGRATIONS: list[str] = [
 ]
 
 
+#: Seconds a connection waits for another process's write transaction before giving up.
+BUSY_TIMEOUT_S = 30.0
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> RungwiseError:
+    """What to tell the user when SQLite cannot open or read the store; the file is left as it is."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        return RungwiseError(
+            f"{path}: not a readable rungwise run store ({exc}); it was left untouched",
+            hint=f"move it away (e.g. mv {path} {path}.broken) to start a new store, or set RUNGWISE_HOME to another directory",
+        )
+    if name == "SQLITE_BUSY":
+        return RungwiseError(
+            f"{path}: the run store stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s",
+            hint="wait for the other rungwise command to finish, then try again",
+        )
+    return RungwiseError(f"{path}: cannot open the run store ({exc})", hint="set RUNGWISE_HOME to a writable directory")
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 class Store:
-    """SQLite run store. One connection per instance; safe to reopen at any time."""
+    """SQLite run store. One connection per instance; safe to reopen at any time, from any number
+    of processes at once (migrations run in one ``BEGIN IMMEDIATE`` transaction, and every
+    connection waits up to :data:`BUSY_TIMEOUT_S` for another's write to finish)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else paths.home() / "runs.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self._use_wal()
+            self._migrate()
         except sqlite3.Error as exc:
-            raise RungwiseError(f"{self.path}: cannot open the run store ({exc})", hint="set RUNGWISE_HOME to a writable directory") from None
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self._migrate()
+            raise _store_error(self.path, exc) from None
 
     # -- schema --------------------------------------------------------------------------
+    def _use_wal(self) -> None:
+        """Switch a new store to write-ahead logging (readers never wait for the writer).
+
+        The switch is recorded in the file, so it happens once; but SQLite answers "database is
+        locked" at once, without its busy timeout, to a process that asks while another is making
+        the same switch, so a first use by several processes retries here.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorname", "") != "SQLITE_BUSY" or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def _migrate(self) -> None:
-        self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-        done = {r[0] for r in self.db.execute("SELECT version FROM schema_migrations")}
-        for version, sql in enumerate(MIGRATIONS, 1):
-            if version in done:
-                continue
-            with self.db:
-                self.db.execute("BEGIN")
+        if self._applied() == len(MIGRATIONS):
+            return
+        # The write lock is taken before the version is read, so of several processes opening a
+        # new store at once exactly one applies each migration and the others see it done.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+            for version, sql in enumerate(MIGRATIONS, 1):
+                if version <= self._applied():
+                    continue
                 for stmt in sql.split(";"):
                     if stmt.strip():
                         self.db.execute(stmt)
                 self.db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, _now()))
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
+    def _applied(self) -> int:
+        """The newest migration applied (0 for a new store)."""
+        exists = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
+        return self.schema_version if exists else 0
 
     @property
     def schema_version(self) -> int:
@@ -143,6 +197,38 @@ class Store:
         if row is None:
             raise RungwiseError(f"no run {climb_id} in {self.path}", hint="see `rungwise runs list` for run ids")
         return row
+
+    @contextmanager
+    def claim_climb(self, climb_id: int) -> Iterator[None]:
+        """Hold run ``climb_id`` for the duration of the block: while one process climbs it (a new
+        climb or a ``--resume``), another that tries to claim it gets a clear error instead of
+        generating the same predictions a second time.
+
+        The claim is an operating-system file lock beside the store (``runs.db.locks/``), so the
+        system releases it when the process ends however it ends (even SIGKILL): a crashed climb
+        never leaves a stale claim behind.
+
+        Example:
+            >>> with store.claim_climb(climb_id):  # doctest: +SKIP
+            ...     climb_the_rungs()
+        """
+        from filelock import FileLock, Timeout
+
+        lock_dir = self.path.with_name(self.path.name + ".locks")
+        lock_dir.mkdir(exist_ok=True)
+        lock = FileLock(lock_dir / f"climb-{climb_id}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RungwiseError(
+                f"run {climb_id} is being climbed by another rungwise process right now",
+                hint="wait for it to finish (`rungwise runs list` shows its status), resume another run with "
+                "--resume --run ID, or start a new run without --resume",
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def latest_unfinished(self, config_hash: str) -> sqlite3.Row | None:
         return self.db.execute(

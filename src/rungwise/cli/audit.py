@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from rungwise.errors import ConfigError
 
@@ -58,7 +59,7 @@ def audit_command(
     kwargs = dict(task=t, test=test, fmt=fmt, columns=cols, pii=pii, tokenizer="estimate" if estimate else None)
     quiet = as_json or markdown
     if not quiet and t is not None and t.model.backend == "local" and not estimate:
-        err_console.print(f"[dim]counting tokens with the tokenizer of {t.model.id} ...[/]")
+        err_console.print(f"[dim]counting tokens with the tokenizer of {escape(t.model.id)} ...[/]")
     report = audit(data, **kwargs)  # type: ignore[arg-type]
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
@@ -70,11 +71,11 @@ def audit_command(
         res = write_fixed(report, fix, mask_pii=mask_pii, force=force)
         again = audit(res.path, **{**kwargs, "fmt": report.format if report.format != "examples" else None})  # type: ignore[arg-type]
         out = err_console if quiet else console
-        out.print(f"[bold]fix:[/] {res.summary()}", highlight=False)
+        out.print(f"[bold]fix:[/] {escape(res.summary())}", highlight=False)
         colour = {"ready": "green", "ready_with_warnings": "yellow", "not_ready": "red"}[again.verdict]
-        out.print(f"re-audit of {res.path}: [{colour}]{again.summary()}[/]", highlight=False)
+        out.print(f"re-audit of {escape(str(res.path))}: [{colour}]{escape(again.summary())}[/]", highlight=False)
         for r in again.reasons[:5]:
-            out.print(f"  {r}", highlight=False)
+            out.print(f"  {r}", highlight=False, markup=False)
     # The verdict is the exit status (for CI); raising SystemExit keeps it through main()'s
     # standalone_mode=False, where typer.Exit would be turned into a return value and lost.
     raise SystemExit(report.exit_code)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -40,7 +41,7 @@ def _fmt_latency(seconds: float) -> str:
 def ladder_table(c: Ladder, title: str | None = None) -> Table:
     """The ladder: one row per rung, with CI, format-valid rate, tokens, latency, p-value, target."""
     metric = c.rungs[0].metric.name if c.rungs else "metric"
-    t = Table(title=title or f"{c.task}: the ladder (n_test={c.n_test}, run {c.run_id})", title_justify="left")
+    t = Table(title=title or f"{escape(c.task)}: the ladder (n_test={c.n_test}, run {c.run_id})", title_justify="left")
     for col, just in [("rung", "left"), (f"{metric} [95% CI]", "right"), ("format-valid", "right"),
                       ("tokens in+out", "right"), ("p50 latency", "right"), ("ex/s", "right"),
                       ("fails fmt/kn", "right"), ("p vs below", "right"), ("meets target", "center")]:
@@ -51,7 +52,7 @@ def ladder_table(c: Ladder, title: str | None = None) -> Table:
         p = "—" if cmp is None else (f"{cmp.p_value:.2g}" + (" *" if cmp.significant else ""))
         meets = "—" if not c.target else ("yes" if r.meets_target else "no")
         t.add_row(
-            r.rung,
+            escape(r.rung),
             f"{m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}]",
             _fmt_pct(r.format_valid_rate),
             f"{r.mean_prompt_tokens:.0f} + {r.mean_completion_tokens:.1f}",
@@ -110,7 +111,7 @@ class _RichReporter:
                 console=err_console, transient=False,
             )
             self.progress.start()
-        self.task_id = self.progress.add_task(name, total=total, completed=done, rate="")
+        self.task_id = self.progress.add_task(escape(name), total=total, completed=done, rate="")
         self._t0 = __import__("time").perf_counter()
         self._n = 0
 
@@ -124,7 +125,7 @@ class _RichReporter:
         pass
 
     def note(self, message: str) -> None:
-        err_console.print(f"[dim]note:[/] {message}", highlight=False)
+        err_console.print(f"[dim]note:[/] {escape(message)}", highlight=False)
 
     def close(self) -> None:
         if self.progress is not None:
@@ -139,6 +140,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a working task (task.yaml + a 212-example ticket-routing dataset) to DIRECTORY."""
         src = resources.files("rungwise") / "templates" / "ticket-routing"
+        if directory.exists() and not directory.is_dir():
+            raise RungwiseError(f"{directory}: is a file, not a directory", hint="give a new directory name, e.g. my-task")
         directory.mkdir(parents=True, exist_ok=True)
         names = [p.name for p in src.iterdir() if p.name in ("task.yaml", "data.jsonl")]
         clash = [n for n in names if (directory / n).exists()]
@@ -152,7 +155,8 @@ def register(app: typer.Typer) -> None:
         for n in names:
             with resources.as_file(src / n) as f:
                 shutil.copyfile(f, directory / n)
-        console.print(f"wrote {directory}/task.yaml and {directory}/data.jsonl\nnext: rungwise climb {directory}/task.yaml")
+        console.print(f"wrote {directory}/task.yaml and {directory}/data.jsonl\nnext: rungwise climb {directory}/task.yaml",
+                      markup=False)
 
     @app.command()
     def climb(
@@ -183,8 +187,9 @@ def register(app: typer.Typer) -> None:
             )
         except KeyboardInterrupt:
             rep.close()
-            err_console.print(f"\ninterrupted: resume with  rungwise climb {task_file} --resume")
-            raise typer.Exit(130) from None
+            err_console.print(f"\ninterrupted: resume with  rungwise climb {task_file} --resume", markup=False)
+            # SystemExit, not typer.Exit: it keeps its status through any typer/click version.
+            raise SystemExit(130) from None
         finally:
             rep.close()
         if as_json:
@@ -192,8 +197,8 @@ def register(app: typer.Typer) -> None:
             return
         console.print(ladder_table(result))
         for note in ladder_notes(result):
-            console.print(f"  {note}", highlight=False)
-        console.print(_summary(result))
+            console.print(f"  {note}", highlight=False, markup=False)
+        console.print(_summary(result), markup=False)
         console.print("[dim]* = significant at p < 0.05 (paired test against the rung below); fails fmt/kn = failed "
                       "examples with a wrong format (behaviour) / valid but wrong (knowledge)[/]")
         from rungwise.cli.render import print_economics
@@ -247,7 +252,7 @@ def register(app: typer.Typer) -> None:
         for col in ("id", "task", "model", "n_test", "status", "created"):
             t.add_column(col)
         for r in rows:
-            t.add_row(str(r["id"]), r["task_name"], r["model_id"], str(r["n_test"]), r["status"], r["created_at"])
+            t.add_row(*(escape(str(r[k])) for k in ("id", "task_name", "model_id", "n_test", "status", "created_at")))
         console.print(t)
 
     @runs_app.command("show")
@@ -269,13 +274,13 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(d, indent=2, default=str))
             return
         console.print(
-            f"run {run_id}: task [bold]{row['task_name']}[/] ({row['status']}), model {row['model_id']}\n"
+            f"run {run_id}: task [bold]{escape(row['task_name'])}[/] ({escape(row['status'])}), model {escape(row['model_id'])}\n"
             f"config {row['config_hash']}, train {row['n_train']} ({row['train_hash']}), test {row['n_test']} ({row['test_hash']}), "
             f"leakage dropped {row['leakage_exact']} exact + {row['leakage_normalized']} normalized"
         )
         console.print(ladder_table(c))
         for note in ladder_notes(c):
-            console.print(f"  {note}", highlight=False)
+            console.print(f"  {note}", highlight=False, markup=False)
         from rungwise.cli.render import print_economics
 
         print_economics(console, c.costs, c.verdict)
@@ -285,4 +290,5 @@ def register(app: typer.Typer) -> None:
             demos = len(prompt.get("demos", [])) if isinstance(prompt, dict) else 0
             kind = next((x.kind.name for x in c.rungs if x.rung == r["name"]), None)
             why = f": {r['skip_reason']}" if r["status"] == "skipped" else ""
-            console.print(f"[bold]{r['name']}[/] ({r['status']}{why}): {kind or '?'}, {demos} demo(s)", highlight=False)
+            console.print(f"[bold]{escape(r['name'])}[/] ({escape(r['status'] + why)}): {kind or '?'}, {demos} demo(s)",
+                          highlight=False)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from rungwise.errors import RungwiseError
 
@@ -73,7 +74,7 @@ def _ask_factors(task: Any) -> Any:
                 DecisionFactors.model_validate({**f.model_dump(), **update, name: value})
             except ValueError as exc:  # pydantic's ValidationError is a ValueError
                 msg = str(exc).splitlines()[-1] if "validation error" in str(exc) else str(exc)
-                err_console.print(f"  [yellow]{msg}[/]")
+                err_console.print(f"  [yellow]{escape(msg)}[/]")
                 continue
             update[name] = value
             break
@@ -90,7 +91,7 @@ def _print_notes(notes: list[str], costs: Any) -> None:
                 notes.append(f"{x.rung}: {n}" if "examples/s" in n or "shared-prefix" in n or "below" in n else n)
                 seen.add(n)
     for n in dict.fromkeys(notes):
-        console.print(f"[dim]note: {n}[/]", highlight=False)
+        console.print(f"[dim]note: {escape(n)}[/]", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -118,7 +119,7 @@ def register(app: typer.Typer) -> None:
         console.print(g)
         console.print("[bold]sources[/] (list prices change: check before relying on a figure)")
         for line in sources:
-            console.print("  " + line, highlight=False, soft_wrap=True)
+            console.print("  " + line, highlight=False, soft_wrap=True, markup=False)
         console.print("[dim]override or add prices under economics.prices in task.yaml[/]")
 
     @app.command()
@@ -151,7 +152,7 @@ def register(app: typer.Typer) -> None:
             print(json.dumps({"source": source, "rungs": [x.to_dict() for x in costs],
                               "break_evens": [b.to_dict() for b in break_evens(costs)], "notes": notes}, indent=2))
             return
-        console.print(f"[dim]{source}[/]")
+        console.print(f"[dim]{escape(source)}[/]")
         print_economics(console, costs)
         _print_notes(notes, costs)
 
@@ -182,7 +183,7 @@ def register(app: typer.Typer) -> None:
             added = {k: v for k, v in task.factors.model_dump(exclude_none=True).items() if k not in before}
             if added and not as_json:
                 console.print("[dim]to keep these answers, add to task.yaml:[/]")
-                console.print(yaml.safe_dump({"factors": added}, sort_keys=False).rstrip(), highlight=False)
+                console.print(yaml.safe_dump({"factors": added}, sort_keys=False).rstrip(), highlight=False, markup=False)
         vol, given = daily_volume_of(task)
         if run:
             c = _load_run(run, task)
@@ -228,10 +229,10 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps({**est.to_dict(), "what_it_buys": est.what_it_buys()}, indent=2))
             return
-        console.print(est.summary(), highlight=False)
-        console.print(est.what_it_buys(), highlight=False)
+        console.print(est.summary(), highlight=False, markup=False)
+        console.print(est.what_it_buys(), highlight=False, markup=False)
         for w in est.warnings():
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 
     @app.command()
     def report(
@@ -251,7 +252,7 @@ def register(app: typer.Typer) -> None:
         target = out or Path(f"rungwise-report-{data['run_id']}")
         paths = write_report(data, target)
         for kind, p in paths.items():
-            console.print(f"wrote {kind}: {p}")
+            console.print(f"wrote {kind}: {p}", markup=False)
         v = data.get("verdict") or {}
         if v.get("headline"):
-            console.print(v["headline"], highlight=False)
+            console.print(v["headline"], highlight=False, markup=False)

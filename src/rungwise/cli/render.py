@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -46,7 +47,7 @@ def cost_table(costs: Sequence[RungCost], title: str | None = None) -> Table:
         best = c.best()
         one = usd(best.one_off.initial_usd) if best and best.one_off else "—"
         total = c.total_monthly()
-        t.add_row(c.rung, toks, hosted, selfh, one,
+        t.add_row(escape(c.rung), toks, hosted, selfh, one,
                   (usd(total) + f" {best.mode.replace('_', '-')}") if best and total is not None else "—")
     return t
 
@@ -58,7 +59,7 @@ def factors_table(signals: Sequence[Signal]) -> Table:
         t.add_column(col)
     for s in signals:
         says = "—" if s.favours == "neutral" else f"{s.strength} {s.favours.replace('_', ' ')}"
-        t.add_row(s.factor, s.value, says, s.rule)
+        t.add_row(escape(s.factor), escape(s.value), says, escape(s.rule))
     return t
 
 
@@ -87,7 +88,7 @@ def print_economics(console: Console, costs: Sequence[RungCost], verdict: Verdic
     if costs:
         console.print(cost_table(costs))
         for be in break_evens(costs):
-            console.print("  " + be.sentence(), highlight=False)
+            console.print("  " + be.sentence(), highlight=False, markup=False)
     if verdict is not None:
         console.print(verdict_panel(verdict))
 
@@ -107,11 +108,11 @@ def prices_tables(cat: Catalog) -> tuple[Table, Table, list[str]]:
     for k, p in sorted(cat.models.items()):
         ft = p.finetune
         m.add_row(
-            k, f"{p.input_per_1m:g}", "—" if p.cached_input_per_1m is None else f"{p.cached_input_per_1m:g}",
+            escape(k), f"{p.input_per_1m:g}", "—" if p.cached_input_per_1m is None else f"{p.cached_input_per_1m:g}",
             f"{p.output_per_1m:g}", f"{ft.training_per_1m:g}" if ft else "—",
             f"{ft.input_per_1m:g}/{ft.output_per_1m:g}" if ft and ft.input_per_1m is not None and ft.output_per_1m
             is not None else "—",
-            p.date, _host(p.source),
+            escape(p.date), escape(_host(p.source)),
         )
     g = Table(title="GPUs: dense BF16 peak and on-demand $ per GPU-hour", title_justify="left")
     for col, just in [("gpu", "left"), ("TFLOP/s", "right"), ("GB", "right"), ("$/GPU-hour", "right"),
@@ -122,9 +123,9 @@ def prices_tables(cat: Catalog) -> tuple[Table, Table, list[str]]:
         lines.append(f"{k}: {p.source} ({p.date})" + (f"; {p.note}" if p.note else ""))
     for k, gpu in sorted(cat.gpus.items()):
         lo, hi = gpu.price_range
-        g.add_row(k, f"{gpu.peak_bf16_tflops:g}" if gpu.peak_bf16_tflops else "?",
+        g.add_row(escape(k), f"{gpu.peak_bf16_tflops:g}" if gpu.peak_bf16_tflops else "?",
                   f"{gpu.memory_gb:g}" if gpu.memory_gb else "?", f"{lo:.2f}-{hi:.2f}" if hi > lo else f"{lo:.2f}",
-                  ", ".join(f"{o.provider} {o.per_gpu_hour:.2f}" for o in gpu.offers))
+                  escape(", ".join(f"{o.provider} {o.per_gpu_hour:.2f}" for o in gpu.offers)))
         if gpu.spec_source:
             lines.append(f"{k} datasheet: {gpu.spec_source}")
         for o in gpu.offers:

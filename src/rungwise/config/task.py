@@ -2,7 +2,7 @@
 
 Example:
     >>> task = load_task("examples/ticket-routing/task.yaml")  # doctest: +SKIP
-    >>> task.metric.name
+    >>> task.metric.name  # doctest: +SKIP
     'accuracy'
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,7 +77,10 @@ class DataSpec(Strict):
 
 class MetricSpec(Strict):
     """The metric. ``name`` is one of: exact_match, accuracy, macro_f1, json_valid, json_schema,
-    json_fields, numeric, chrf, rouge_l, token_f1, regex, or ``python:module:function`` for your own."""
+    json_fields, numeric, chrf, rouge_l, token_f1, regex, or ``python:module:function`` for your own.
+
+    ``python:...`` imports and runs that code (a module or ``.py`` file beside task.yaml) on every
+    climb, so a task file from someone else is code: read the module it names before climbing."""
 
     name: str = Field("exact_match", description="Metric name (see above).")
     options: dict[str, Any] = Field(
@@ -103,6 +108,27 @@ class Target(BaseModel):
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.value:g}"
 
+    def impossible(self) -> str | None:
+        """Why no climb could ever meet this target (or every rung would), or None.
+
+        Every metric scores in [0, 1] (built-ins and ``python:`` metrics alike), so ``>= 1.5``
+        is never met and ``>= 0`` is met by the first rung, which then ends the climb.
+
+        >>> print(parse_target("accuracy >= 85").impossible())
+        can never be met: accuracy lies between 0 and 1; write a fraction (accuracy >= 0.9) or a percentage (accuracy >= 85%)
+        """
+        lo, hi = 0.0, 1.0
+        never = {">=": self.value > hi, ">": self.value >= hi, "<=": self.value < lo, "<": self.value <= lo}[self.op]
+        always = {">=": self.value <= lo, ">": False, "<=": self.value >= hi, "<": self.value > hi}[self.op]
+        if never:
+            example = f"{self.value:g}%" if 10 <= self.value <= 100 else "90%"  # 85 meant 85%
+            return (f"can never be met: {self.metric} lies between 0 and 1; write a fraction ({self.metric} {self.op} 0.9) "
+                    f"or a percentage ({self.metric} {self.op} {example})")
+        if always:
+            return (f"is met by any score ({self.metric} lies between 0 and 1), so the climb would stop after the "
+                    "first rung; raise the bar, or drop `target` to measure every rung")
+        return None
+
 
 def parse_target(text: str) -> Target:
     """Parse ``"accuracy >= 0.9"`` or ``"accuracy >= 90%"``.
@@ -117,6 +143,26 @@ def parse_target(text: str) -> Target:
     return Target(metric=m.group(1), op=m.group(2), value=value)  # type: ignore[arg-type]
 
 
+def check_rung_order(order: list[str]) -> list[str]:
+    """``rungs.order`` must name at least one rung, each once (a run stores one result per rung).
+    For a ``field_validator("order")`` of the rungs section; raises ValueError, which the task
+    loader reports with the file:line of the field.
+
+    >>> check_rung_order(["zero_shot", "few_shot"])
+    ['zero_shot', 'few_shot']
+    >>> check_rung_order([])
+    Traceback (most recent call last):
+    ...
+    ValueError: is empty, so a climb would measure nothing; list the rungs to climb, e.g. [zero_shot, few_shot]
+    """
+    if not order:
+        raise ValueError("is empty, so a climb would measure nothing; list the rungs to climb, e.g. [zero_shot, few_shot]")
+    dup = sorted({r for r in order if order.count(r) > 1})
+    if dup:
+        raise ValueError(f"names {', '.join(dup)} more than once; each rung is climbed once")
+    return order
+
+
 class RungsSpec(Strict):
     """Which rungs to climb, in order, and each rung's own settings.
 
@@ -127,6 +173,11 @@ class RungsSpec(Strict):
     model_config = ConfigDict(extra="allow")
 
     order: list[str] = Field(default_factory=lambda: ["zero_shot", "few_shot"], description="Rungs in climbing order.")
+
+    @field_validator("order")
+    @classmethod
+    def _order(cls, v: list[str]) -> list[str]:
+        return check_rung_order(v)
 
     @model_validator(mode="after")
     def _sections(self) -> RungsSpec:
@@ -206,18 +257,27 @@ class Task(Strict):
         if v is None:
             return v
         v = [str(x).strip() for x in v]
+        empty = [i for i, x in enumerate(v) if not x]
+        if empty:
+            raise ValueError(f"labels[{empty[0]}] is empty; every label must be text the model can answer")
         if len(v) < 2:
             raise ValueError("a label set needs at least two labels")
         dup = {x for x in v if v.count(x) > 1}
         if dup:
             raise ValueError(f"duplicate labels: {sorted(dup)}")
+        for i, x in enumerate(v):
+            twin = label_lookalike(x, v[:i])
+            if twin:
+                raise ValueError(f"labels[{i}] {twin}; keep one of them")
         return v
 
     @field_validator("target")
     @classmethod
     def _target(cls, v: str | None) -> str | None:
         if v is not None:
-            parse_target(v)
+            problem = parse_target(v).impossible()
+            if problem:
+                raise ValueError(f"{v!r} {problem}")
         return v
 
     @property
@@ -237,12 +297,43 @@ class Task(Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
-    """Line number (1-based) of the YAML node at ``loc``, or of its deepest existing parent."""
+def _lookalike_key(text: str) -> str:
+    # NFKC folds NFC/NFD, full-width letters and non-breaking spaces; format characters (zero-width
+    # space, joiners) are invisible, so they are dropped too.
+    return "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")
+
+
+def _unusual_chars(text: str) -> str:
+    found = dict.fromkeys(c for c in text if ord(c) > 126 or unicodedata.category(c) in ("Cf", "Zs") and c != " ")
+    return ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in found) or "plain ASCII only"
+
+
+def label_lookalike(value: str, labels: Sequence[str]) -> str | None:
+    """If ``value`` is not one of ``labels`` but prints like one (the same text in another Unicode
+    form: NFD vs NFC, full-width letters, a non-breaking or zero-width space), say how they differ,
+    code point by code point, since the two look identical on screen.
+
+    >>> msg = label_lookalike("cafe\\u0301", ["caf\\u00e9", "tea"])
+    >>> msg[msg.index("("):]
+    '(U+0301 COMBINING ACUTE ACCENT vs U+00E9 LATIN SMALL LETTER E WITH ACUTE)'
+    """
+    if value in labels:
+        return None
+    key = _lookalike_key(value)
+    for label in labels:
+        if _lookalike_key(label) == key:
+            return (f"{value!r} differs from the label {label!r} only in its Unicode characters "
+                    f"({_unusual_chars(value)} vs {_unusual_chars(label)})")
+    return None
+
+
+def _yaml_node(text: str, loc: tuple[Any, ...]) -> tuple[int | None, yaml.Node | None]:
+    """Line number (1-based) of the YAML node at ``loc``, or of its deepest existing parent, and
+    the node itself when the whole path exists."""
     try:
         node = yaml.compose(text)
     except yaml.YAMLError:
-        return None
+        return None, None
     line = None
     for key in loc:
         if isinstance(node, yaml.MappingNode):
@@ -258,8 +349,24 @@ def _yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
             node = node.value[key]
             line = node.start_mark.line + 1
         else:
-            break
-    return line
+            return line, None
+    return line, node
+
+
+def _not_text(value: Any, node: yaml.Node | None) -> str | None:
+    """For a field that must be text but YAML read as something else (``no`` -> false, ``1.10`` ->
+    1.1, an empty value -> null): say so, and that quoting keeps it as written."""
+    written = node.value if isinstance(node, yaml.ScalarNode) else None
+    if isinstance(value, bool):
+        kind = f"a boolean ({str(value).lower()})"
+    elif isinstance(value, int | float):
+        kind = f"a number ({value})"
+    elif value is None:
+        return "YAML read an empty value (null), not text; write the text, in quotes if it starts with a special character"
+    else:
+        return None
+    shown = written if written is not None else str(value)
+    return f"YAML read {shown} as {kind}, not as text; quote it to keep it as written: \"{shown}\""
 
 
 def task_from_dict(raw: Any, *, base_dir: Path = Path("."), source: str = "<task>", text: str = "") -> Task:
@@ -273,13 +380,15 @@ def task_from_dict(raw: Any, *, base_dir: Path = Path("."), source: str = "<task
         for err in exc.errors():
             loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
             field = ".".join(str(x) for x in loc) or "(top level)"
-            ln = _yaml_line(text, loc) if text else None
+            ln, node = _yaml_node(text, loc) if text else (None, None)
             where = f"{source}:{ln}" if ln else source
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field (typo?)"
             elif err["type"] == "missing":
                 msg = "required field is missing"
+            elif err["type"] == "string_type":
+                msg = _not_text(err.get("input"), node) or msg
             lines.append(f"{where}: field '{field}': {msg}")
         raise ConfigError(
             "invalid task file:\n  " + "\n  ".join(lines),

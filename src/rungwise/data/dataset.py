@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from rungwise.config.task import Task
+from rungwise.config.task import Task, label_lookalike
 from rungwise.data.loaders import load_examples
 from rungwise.data.split import Split, make_split
 from rungwise.errors import DataError
@@ -21,12 +21,41 @@ def check_labels(examples: Sequence[Example], labels: Sequence[str]) -> None:
     """Every expected output must be one of the task's labels."""
     allowed = set(labels)
     for ex in examples:
-        if ex.output.strip() not in allowed:
+        out = ex.output.strip()
+        if out not in allowed:
+            twin = label_lookalike(out, labels)
+            if twin:
+                raise DataError(
+                    f"{ex.source}: label {twin}",
+                    hint="write the label with the same characters as in task.yaml (e.g. save both files as NFC)",
+                )
             shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
             raise DataError(
-                f"{ex.source}: label {ex.output.strip()!r} is not in the task's label set ({shown})",
+                f"{ex.source}: label {out!r} is not in the task's label set ({shown})",
                 hint="fix the label in the data, or add it to `labels` in task.yaml",
             )
+
+
+def split_warnings(split: Split, labels: Sequence[str] | None) -> list[str]:
+    """What this split will do to the rungs that the user should know before they run.
+
+    A train split whose examples all share one expected output gives few-shot demos and
+    fine-tuning nothing to tell apart: those rungs can only learn to answer that output.
+
+    >>> from rungwise.data.split import Leakage
+    >>> split_warnings(Split([Example("a", "x"), Example("b", "x")], [Example("c", "y")], Leakage(), 0), ["x", "y"])[0][:47]
+    "the train split's 2 examples all have label 'x'"
+    """
+    outputs = {e.output for e in split.train}
+    if len(split.train) < 2 or len(outputs) != 1:
+        return []
+    (only,) = outputs
+    others = f" (task.yaml lists {len(labels)})" if labels else ""
+    return [
+        f"the train split's {len(split.train)} examples all have {'label' if labels else 'the output'} {only!r}{others}: "
+        f"few-shot demos and fine-tuning see no other answer, so those rungs can only learn to answer {only!r}; "
+        "add train examples of the other labels"
+    ]
 
 
 def load_split(task: Task) -> Split:
@@ -57,6 +86,7 @@ def load_split(task: Task) -> Split:
         )
     if not split.train:
         raise DataError(f"{task.resolve(d.path or d.train or '')}: the train split is empty", hint="add examples")
+    split.warnings += split_warnings(split, task.labels)
     return split
 
 

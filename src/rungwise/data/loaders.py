@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,23 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of a JSONL text with their 1-based line numbers.
+
+    Lines end at ``\\n`` only (a ``\\r`` before it is JSON whitespace): ``str.splitlines`` would also
+    split at U+2028, U+2029, U+0085 and other separators that JSON allows raw inside strings,
+    and ``json.dumps(..., ensure_ascii=False)`` writes them so.
+
+    >>> list(jsonl_lines('{"a": "x\\u2028y"}\\n\\n{"b": 1}\\r\\n'))
+    [(1, '{"a": "x\\u2028y"}'), (3, '{"b": 1}\\r')]
+    """
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield n, line
+
+
 def _jsonl_records(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(text):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -146,25 +160,85 @@ def _from_plain(rec: dict[str, Any], where: str, cin: str, cout: str) -> Example
     )
 
 
-def _csv_examples(path: Path, text: str, cin: str, cout: str) -> list[Example]:
-    delim = "\t" if path.suffix.lower() == ".tsv" else ","
+@dataclass
+class CsvRecord:
+    """One CSV record: the physical line it starts on (1-based), its fields by column name, and
+    what is wrong with its shape (a column count that differs from the header's, a quote that
+    never closes), or None."""
+
+    line: int
+    values: dict[str, str]
+    problem: str | None = None
+
+
+def csv_delimiter(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def read_csv_records(path: Path, text: str, columns: Sequence[str], name_hint: str) -> tuple[list[str], list[CsvRecord]]:
+    """The header and every record of a CSV/TSV text, each record at the line where it starts.
+
+    Raises :class:`DataError` when one of ``columns`` is not in the header; ``name_hint`` says how
+    to name the columns (data.columns in task.yaml, or --columns). A file without a header row is
+    told to add one, since its first row of data was read as the column names.
+    """
+    delim = csv_delimiter(path)
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
-    header = reader.fieldnames or []
-    for col in (cin, cout):
-        if col not in header:
-            raise DataError(
-                f"{path}:1: no column '{col}' in the header (columns: {', '.join(header) or 'none'})",
-                hint="name the columns with data.columns.input / data.columns.output in task.yaml",
-            )
-    out = []
+    header = list(reader.fieldnames or [])
+    missing = [c for c in columns if c not in header]
+    if missing:
+        shown = ", ".join(repr(h) for h in header[:6]) + (", ..." if len(header) > 6 else "")
+        sample = delim.join(columns)
+        raise DataError(
+            f"{path}:1: no column {', '.join(repr(c) for c in missing)} in the header row (it reads: {shown or 'nothing'})",
+            hint=f"if that row is data, the file has no header: add a first line naming the columns, e.g. {sample!r}; "
+            f"otherwise {name_hint}",
+        )
+    # csv counts physical lines the way StringIO(newline="") splits them; a record starts on the
+    # first non-blank line after the previous record.
+    lines = io.StringIO(text, newline="").readlines()
+    records: list[CsvRecord] = []
+    prev_end = reader.line_num  # the header's last line
     for row in reader:
-        line = reader.line_num  # last physical line of this record
-        where = f"{path}:{line}"
-        if None in row or any(v is None for v in row.values()):
-            raise DataError(
-                f"{where}: expected {len(header)} columns, got a different number",
-                hint="quote fields that contain the delimiter, or fix the row",
-            )
+        first, last = prev_end + 1, reader.line_num
+        while first < last and not lines[first - 1].strip():
+            first += 1
+        prev_end = last
+        rec = CsvRecord(first, {k: v for k, v in row.items() if k is not None})
+        extra = row.get(None) or []  # type: ignore[call-overload]
+        short = sum(1 for k, v in row.items() if k is not None and v is None)
+        if last == len(lines) and last > first and _unclosed_quote("".join(lines[first - 1 :]), delim):
+            rec.problem = (f"a quoted field opened on this line is never closed, so lines {first}-{last} (the rest of "
+                           "the file) were read as one record; close the quote (a quote inside a quoted field is "
+                           'written twice: "")')
+        elif extra or short:
+            got = len(header) - short + len(extra)
+            rec.problem = f"expected {len(header)} columns, got {got} (quote fields that contain {delim!r})"
+            if last > first:
+                rec.problem += f"; this record runs on to line {last}: a quoted field may lack its closing quote"
+        records.append(rec)
+    return header, records
+
+
+def _unclosed_quote(chunk: str, delim: str) -> bool:
+    """Does this text (a record through the end of the file) end inside a quoted field?"""
+    try:
+        for _ in csv.reader(io.StringIO(chunk, newline=""), delimiter=delim, strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
+def _csv_examples(path: Path, text: str, cin: str, cout: str) -> list[Example]:
+    _, records = read_csv_records(path, text, (cin, cout), "name the columns with data.columns.input / "
+                                  "data.columns.output in task.yaml")
+    out = []
+    for rec in records:
+        where = f"{path}:{rec.line}"
+        if rec.problem:
+            raise DataError(f"{where}: {rec.problem}", hint="quote fields that contain the delimiter or a line break, and close every quote")
+        row = rec.values
         if not row[cout].strip():
             raise DataError(f"{where}: column '{cout}' is empty", hint="give the expected output, or drop the row")
         out.append(Example(input=row[cin], output=row[cout], source=where, metadata=_meta(row, {cin, cout})))

@@ -46,6 +46,8 @@ class Split:
     test: list[Example]
     leakage: Leakage
     seed: int
+    #: What the user should hear before any rung runs (e.g. a train split with a single label).
+    warnings: list[str] = field(default_factory=list)
 
 
 def _key(ex: Example) -> str:

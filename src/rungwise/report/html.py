@@ -71,6 +71,22 @@ _JS = """
 """
 
 
+def script_json(value: Any) -> str:
+    """JSON that is safe inside a ``<script>`` element whatever its strings hold.
+
+    Escaping ``</`` is not enough: ``<!--<script>`` in a string puts the HTML tokenizer in its
+    "double escaped" state, where the element's own ``</script>`` no longer ends it and the
+    page's scripts stop. ``<``, ``>`` and ``&`` (and U+2028/U+2029, for parsers that read the
+    text as JavaScript) become JSON ``\\u`` escapes, which ``JSON.parse`` reads back unchanged.
+
+    >>> text = script_json({"task": "<!--<script>"})
+    >>> "<" in text, json.loads(text)
+    (False, {'task': '<!--<script>'})
+    """
+    text = json.dumps(value)  # ensure_ascii (the default) already escapes U+2028 and U+2029
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def _e(x: Any) -> str:
     return escape("" if x is None else str(x))
 
@@ -313,7 +329,7 @@ def render_html(data: dict[str, Any]) -> str:
         f"created {data['created_at']}" if data.get("created_at") else None,
     ] if x)
     notes = "".join(f"<li>{_e(n)}</li>" for n in data.get("notes") or [])
-    embedded = json.dumps({"task": data.get("task"), "run_id": data.get("run_id")}).replace("</", "<\\/")
+    embedded = script_json({"task": data.get("task"), "run_id": data.get("run_id")})
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>" + MARKER +

@@ -47,6 +47,13 @@ class FewShotArtifact(PromptArtifact):
     k: int
     demo_sources: list[str] = Field(default_factory=list, description="file:line of each fixed demo.")
     demo_pool: int | None = Field(None, description="nearest: how many train examples the demos come from.")
+    n_train: int | None = Field(None, description="Train examples the demos were chosen from.")
+
+    def notes(self) -> list[str]:
+        if self.n_train is not None and self.k > self.n_train:
+            return [f"rungs.few_shot.k is {self.k} but the train split has {self.n_train} examples: every one of them "
+                    "is a demo"]
+        return []
 
 
 def stratified_demos(train: Sequence[Example], k: int, seed: int, by_label: bool) -> list[Example]:
@@ -139,11 +146,13 @@ class FewShot(Rung):
         system = base_system(ctx.task)
         if cfg.strategy == "nearest":
             tpl = PromptTemplate(system)
-            art = FewShotArtifact(prompt=tpl.to_dict(), strategy="nearest", k=cfg.k, demo_pool=len(ctx.train))
+            art = FewShotArtifact(prompt=tpl.to_dict(), strategy="nearest", k=cfg.k, demo_pool=len(ctx.train),
+                                  n_train=len(ctx.train))
             return self._nearest(art, tpl, ctx.train)
         demos = stratified_demos(ctx.train, cfg.k, ctx.task.data.seed, by_label=bool(ctx.task.labels))
         tpl = PromptTemplate(system, tuple((d.input, d.output) for d in demos))
-        art = FewShotArtifact(prompt=tpl.to_dict(), strategy="stratified", k=cfg.k, demo_sources=[d.source for d in demos])
+        art = FewShotArtifact(prompt=tpl.to_dict(), strategy="stratified", k=cfg.k, demo_sources=[d.source for d in demos],
+                              n_train=len(ctx.train))
         return Prepared(art, tpl)
 
     def load(self, ctx: RungContext, artifact: RungArtifact) -> Prepared:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from rungwise.config.task import label_lookalike
 from rungwise.data.audit import _near, _pii, _poison, _shapes, _tokens
 from rungwise.data.audit._records import ERROR, INFO, WARNING, ReadResult, Row, read_file, rows_from_examples
 from rungwise.data.audit._report import AuditReport, Band, Finding
@@ -438,10 +439,12 @@ def _check_outputs(ctx: _Ctx, th: Thresholds, task_labels: Sequence[str] | None)
             if unknown:
                 share = len(unknown) / n
                 odd = Counter(stripped[i] for i in unknown).most_common(3)
+                # A label that prints like one of the set (NFD vs NFC, ...) needs its code points shown.
+                twins = [t for t in (label_lookalike(o, task_labels) for o, _ in odd) if t]
                 ctx.add(
                     "unknown_label", _severity(share, 0.0, th.unknown_label_error),
                     f"{_n(len(unknown), 'output', 'is')} not in the task's label set "
-                    f"(e.g. {', '.join(_snippet(o, 30) for o, _ in odd)})",
+                    f"(e.g. {', '.join(_snippet(o, 30) for o, _ in odd)})" + "".join(f"; {t}" for t in twins),
                     unknown, category="consistency", hint="correct the label, or add it to labels in task.yaml",
                 )  # fmt: skip
             missing = [lb for lb in task_labels if lb not in counts]

@@ -13,8 +13,6 @@ message_unrecognized_key, unrecognized_role, missing_content, example_missing_as
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -217,9 +215,7 @@ def read_jsonl(path: Path, text: str, fmt: str, cin: str, cout: str) -> ReadResu
     rows: list[Row] = []
     parsed: list[Any] = []
     decoder = json.JSONDecoder()
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in loaders.jsonl_lines(text):
         row = Row(len(rows), n, f"{path}:{n}")
         try:
             rec = decoder.decode(line)
@@ -256,26 +252,14 @@ def read_jsonl(path: Path, text: str, fmt: str, cin: str, cout: str) -> ReadResu
 
 
 def read_csv(path: Path, text: str, cin: str, cout: str) -> ReadResult:
-    delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
-    header = list(reader.fieldnames or [])
-    missing = [c for c in (cin, cout) if c not in header]
-    if missing:
-        raise DataError(
-            f"{path}:1: no column {', '.join(repr(c) for c in missing)} in the header (columns: {', '.join(header) or 'none'})",
-            hint="name the columns with --columns INPUT,OUTPUT, or data.columns in task.yaml",
-        )
+    header, records = loaders.read_csv_records(path, text, (cin, cout), "name the columns with --columns INPUT,OUTPUT, "
+                                               "or data.columns in task.yaml")
     rows: list[Row] = []
-    for rec in reader:
-        n = reader.line_num  # last physical line of the record, as the loader reports it
-        row = Row(len(rows), n, f"{path}:{n}", record=rec)
-        if None in rec or any(v is None for v in rec.values()):
-            extra = rec.get(None) or []  # type: ignore[call-overload]
-            short = sum(1 for k, v in rec.items() if k is not None and v is None)
-            got = len(header) - short + len(extra)
-            row.problems.append(
-                Problem("csv_columns", ERROR, f"expected {len(header)} columns, got {got} (quote fields that contain '{delim}')")
-            )
+    for csv_rec in records:
+        rec = csv_rec.values
+        row = Row(len(rows), csv_rec.line, f"{path}:{csv_rec.line}", record=rec)
+        if csv_rec.problem:
+            row.problems.append(Problem("csv_columns", ERROR, csv_rec.problem))
         else:
             if not rec[cout].strip():
                 row.problems.append(Problem("empty_output", ERROR, f"column '{cout}' (the expected output) is empty"))

@@ -208,14 +208,15 @@ class AuditReport:
     def render(self, console: Any = None) -> None:
         """Print the report with rich (tables, colours) to ``console`` or stdout."""
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         con = console or Console()
         colour = {"ready": "green", "ready_with_warnings": "yellow", "not_ready": "red"}[self.verdict]
-        con.print(f"[bold {colour}]audit: {VERDICT_TEXT[self.verdict]}[/]  [dim]{self.source} ({self.format}, {self.seconds:.1f} s)[/]")
+        con.print(f"[bold {colour}]audit: {VERDICT_TEXT[self.verdict]}[/]  [dim]{escape(self.source)} ({self.format}, {self.seconds:.1f} s)[/]")
         con.print(
             f"{self.n_records:,} records, {self.n_valid:,} valid, [bold]{self.n_clean:,} clean[/] "
-            f"-> [bold]{self.band.name}[/]: {self.band.meaning}",
+            f"-> [bold]{escape(self.band.name)}[/]: {escape(self.band.meaning)}",
             highlight=False,
         )
         if self.findings:
@@ -226,28 +227,31 @@ class AuditReport:
             t.add_column("what (and where)", ratio=1)
             sev_style = {"error": "bold red", "warning": "yellow", "info": "dim"}
             for f in self.sorted_findings():
-                body = f.message
+                # Messages, samples and hints quote the user's data (labels such as "[urgent]"):
+                # escaped, so rich prints them instead of reading them as markup.
+                body = escape(f.message)
                 if f.samples:
-                    body += "\n[dim]e.g. " + " / ".join(f.samples[:3]) + "[/]"
+                    body += "\n[dim]e.g. " + escape(" / ".join(f.samples[:3])) + "[/]"
                 if f.lines:
-                    body += f"\n[cyan]{f.short_lines()}[/]"
+                    body += f"\n[cyan]{escape(f.short_lines())}[/]"
                 if f.hint and f.severity != "info":
-                    body += f"\n[green]fix:[/] {f.hint}"
-                t.add_row(f"[{sev_style[f.severity]}]{f.severity}[/]", f.kind, f"{f.count:,}" if f.count else "", body)
+                    body += f"\n[green]fix:[/] {escape(f.hint)}"
+                t.add_row(f"[{sev_style[f.severity]}]{f.severity}[/]", escape(f.kind), f"{f.count:,}" if f.count else "", body)
             con.print(t)
         tok = self.stats.get("tokens")
         if tok:
             con.print(
                 f"tokens ({tok['method']}): {tok['total']:,} total, median {tok['median']:,}, max {tok['max']:,} per example",
-                highlight=False,
+                highlight=False, markup=False,
             )
             costs = tok.get("cost_per_epoch") or []
             if costs:
                 con.print(
                     "training cost per epoch (list prices): "
                     + ", ".join(f"{c['model']} ${c['usd']:,.2f}" for c in costs),
-                    highlight=False,
+                    highlight=False, markup=False,
                 )
         shapes = self.stats.get("output_shapes")
         if shapes:
-            con.print("output shapes: " + ", ".join(f"{s['share']:.0%} {s['shape']}" for s in shapes[:6]), highlight=False)
+            con.print("output shapes: " + ", ".join(f"{s['share']:.0%} {s['shape']}" for s in shapes[:6]), highlight=False,
+                      markup=False)
