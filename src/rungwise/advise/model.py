@@ -43,6 +43,8 @@ class Verdict:
     factors_lean: str = "no preference"
     statuses: list[RungStatus] = field(default_factory=list)
     break_evens: list[dict[str, Any]] = field(default_factory=list)
+    #: what the costs rest on: pricing date, catalog age, prices used, assumptions, offers left out
+    pricing: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
