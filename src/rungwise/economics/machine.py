@@ -50,7 +50,7 @@ class Measured:
     @classmethod
     def from_model_id(cls, model_id: str, **hardware: Any) -> Measured:
         """From the run store's ``model_id`` (``local:...``, ``openai:<model>@<url>``, ``scripted:...``)."""
-        backend = model_id.split(":", 1)[0] if ":" in model_id else "local"
+        backend = model_id.split(":", 1)[0]  # "local:...", "openai:...", or a bare "scripted"
         return cls(backend, model_id, **hardware)
 
     @classmethod
