@@ -5,9 +5,9 @@ customer cannot buy them on that date.
 Example:
     >>> import datetime as dt
     >>> from rungwise.prices.catalog import load_catalog
-    >>> b = PricingBasis(dt.date(2027, 6, 1), load_catalog(), max_age_days=183)
-    >>> b.catalog_age_days > 183
-    True
+    >>> b = PricingBasis(dt.date(2027, 9, 1), load_catalog(), max_age_days=183)
+    >>> b.catalog_age_days, len(b.warnings())
+    (275, 1)
 """
 
 from __future__ import annotations
