@@ -97,8 +97,15 @@ def _ladder(target: str | None = "accuracy >= 0.85", ft_value: float = 0.93) -> 
     ]
 
 
+#: The ladders below were measured on an OpenAI-compatible endpoint serving gpt-4o-mini, so its list
+#: prices (and fine-tuning prices, on a date when new customers could still buy them) are the costs.
+ENDPOINT = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": "gpt-4o-mini"}
+
+
 def _judge(rungs: list[RungResult], target: str | None = "accuracy >= 0.85", **task: Any) -> Any:
-    t = task_from_dict({"name": "t", "data": {"path": "x.jsonl"}, "target": target, **task})
+    econ = {"as_of": "2026-01-01", **task.pop("economics", {})}
+    t = task_from_dict({"name": "t", "data": {"path": "x.jsonl"}, "target": target, "model": task.pop("model", ENDPOINT),
+                        "economics": econ, **task})
     climb = Ladder("t", 1, rungs, target, None, rungs[0].metric.n if rungs else 0)
     return verdict(climb, t, price_rungs(rungs, t))
 

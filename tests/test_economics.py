@@ -30,8 +30,13 @@ from rungwise.types import BASELINE, FINETUNE, PROMPT, MetricValue, RungResult, 
 
 
 def _task(**econ: object) -> object:
+    """A task measured on an OpenAI-compatible endpoint serving the price model (so its own list
+    prices are the default), priced on 2026-01-01, before OpenAI closed fine-tuning to new customers."""
     factors = econ.pop("factors", {})
-    return task_from_dict({"name": "t", "data": {"path": "x.jsonl"}, "economics": econ, "factors": factors})
+    econ.setdefault("as_of", "2026-01-01")
+    served = str(econ.get("price_model", "openai/gpt-4o-mini")).split("/", 1)[-1]
+    return task_from_dict({"name": "t", "data": {"path": "x.jsonl"}, "economics": econ, "factors": factors,
+                           "model": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": served}})
 
 
 # ---------------------------------------------------------------------------------- catalog
@@ -272,8 +277,8 @@ def test_break_even_against_a_self_hosted_floor() -> None:
     costs = price_profiles([prompt], task)
     ft = price_profiles([TokenProfile("finetune", 50, 0, 10, 50.0, FINETUNE,
                                       TrainingRecord(examples=0, tokens=0, epochs=1, seconds=3600))],
-                        task.model_copy(update={"economics": task.economics.model_copy(
-                            update={"price_model": "google/gemini-2.0-flash"})}))  # lists no fine-tuning
+                        _task(daily_volume=100_000, self_host_usd_per_hour=1.0, caching=False,
+                              price_model="google/gemini-2.0-flash"))  # lists no fine-tuning
     assert ft[0].hosted is None and ft[0].self_hosted is not None
     be = break_even(ft[0], costs[0])
     assert be is not None and be.volume_per_day is not None
@@ -295,9 +300,12 @@ def test_price_rungs_from_measured_results_and_curves() -> None:
     curves = cost_curves(costs)
     assert len(curves["volumes"]) == 60 and set(curves["series"]) == {"few_shot", "finetune"}
     assert curves["volumes"][0] <= 3_000 and curves["volumes"][-1] >= 300_000
-    # What-if: another volume and model without touching the task.
+    # What-if: another volume and model without touching the task; the measured model stays the price.
     alt = price_rungs([rr("few_shot", 1500, 1400, 3)], task, daily_volume=10, price_model="openai/gpt-4.1-nano")
-    assert alt[0].daily_volume == 10 and alt[0].hosted is not None and alt[0].hosted.label == "openai/gpt-4.1-nano"
+    assert alt[0].daily_volume == 10 and alt[0].hosted is not None and alt[0].hosted.label == "openai/gpt-4o-mini"
+    w = alt[0].what_if
+    assert w is not None and w.what_if and w.label == "what-if: these token counts on openai/gpt-4.1-nano"
+    assert alt[0].best() is alt[0].hosted and alt[0].to_dict()["what_if"]["what_if"] is True
 
 
 def test_unknown_price_model_names_the_fix() -> None:

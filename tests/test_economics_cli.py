@@ -53,7 +53,9 @@ def test_cost_and_decide_without_a_run(tmp_path: Path) -> None:
     zs, fs = data["rungs"]
     assert data["source"].startswith("estimated tokens")
     assert zs["tokens"]["estimated"] and fs["tokens"]["prompt"] > zs["tokens"]["prompt"]  # demos cost tokens
-    assert zs["daily_volume"] == 30_000 and zs["hosted"]["label"] == "openai/gpt-4o-mini"
+    # The scripted double runs on this machine: gpt-4o-mini's prices are only a labelled what-if.
+    assert zs["daily_volume"] == 30_000 and zs["hosted"] is None
+    assert zs["what_if"]["label"] == "what-if: these token counts on openai/gpt-4o-mini" and zs["what_if"]["what_if"]
     out = ok(run("cost", str(t), "--volume", "500", "--price-model", "openai/gpt-4.1-nano"))
     assert "cost at 500 requests/day" in out and "estimated" in out
     assert_clear_error(run("cost", str(t), "--price-model", "nope/model"), "no price for model 'nope/model'")
@@ -74,6 +76,10 @@ def test_climb_then_cost_decide_and_report(tmp_path: Path) -> None:
     cost = json.loads(ok(run("cost", str(t), "--run", "latest", "--json")))
     assert cost["source"].startswith("measured tokens of run")
     assert not cost["rungs"][0]["tokens"]["estimated"] and cost["rungs"][0]["self_hosted"]["replicas"] == 1
+    # The terminal labels the hosted what-if as one, apart from the measured model's costs.
+    out = ok(run("cost", str(t), "--run", "latest"))
+    assert "what-if: on openai/gpt-4o-mini $/1k" in out and "$/month (best)" in out
+    assert "what-if: the measured token counts on openai/gpt-4o-mini" in out
     dec = json.loads(ok(run("decide", str(t), "--run", "latest", "--no-ask", "--json")))
     assert dec["verdict"]["recommended"] == "zero_shot"  # the scripted model answers 'billing': ~1/3 correct
     out = ok(run("decide", str(t), "--run", "latest", "--no-ask"))
@@ -83,3 +89,39 @@ def test_climb_then_cost_decide_and_report(tmp_path: Path) -> None:
     assert "wrote html" in out and (out_dir / "report.html").exists() and (out_dir / "report.md").exists()
     assert json.loads((out_dir / "report.json").read_text())["verdict"]["recommended"] == "zero_shot"
     assert_clear_error(run("report", "999"), "no run 999")
+
+
+def test_prices_show_the_catalog_age_and_warn_when_stale() -> None:
+    fresh = ok(run("prices", "--as-of", "2026-12-01"))
+    assert "price catalog revised 2026-11-30, 1 days old on 2026-12-01" in fresh
+    assert "the catalog was revised" not in fresh  # not older than 183 days
+    assert "ended 2026-02-19" in fresh and "closed to new customers since 2026-05-07" in fresh
+    stale = ok(run("prices", "--as-of", "2027-09-01"))
+    assert "warning: the catalog was revised 2026-11-30, 275 days before 2027-09-01 (more than 183)" in stale
+    assert "override prices under economics.prices in task.yaml" in stale
+    data = json.loads(ok(run("prices", "--json", "--as-of", "2027-09-01")))
+    assert data["catalog_age_days"] == 275 and data["warnings"]
+    assert data["models"]["openai/gpt-4o-mini"]["finetune_availability_now"] == "ended 2027-01-06"
+    assert_clear_error(run("prices", "--as-of", "tomorrow"), "--as-of 'tomorrow' is not a date")
+
+
+def test_cost_of_the_sample_task_before_and_after_openai_closes_fine_tuning(tmp_path: Path) -> None:
+    ok(run("init", str(tmp_path / "demo")))
+    t = str(tmp_path / "demo" / "task.yaml")
+    before = json.loads(ok(run("cost", t, "--as-of", "2026-01-01", "--json")))
+    after = json.loads(ok(run("cost", t, "--as-of", "2027-02-01", "--json")))
+    ft_before = next(r for r in before["rungs"] if r["rung"] == "finetune")
+    ft_after = next(r for r in after["rungs"] if r["rung"] == "finetune")
+    # 2026-01-01: gpt-4o-mini fine-tuning is open to anyone; priced as the labelled what-if.
+    assert ft_before["what_if"]["label"] == "what-if: these token counts on openai/gpt-4o-mini (fine-tuned)"
+    assert ft_before["what_if"]["one_off"]["training_usd"] > 0 and not ft_before["left_out"]
+    # 2027-02-01: it has ended for everyone: left out, with why and what remains.
+    assert ft_after["what_if"] is None
+    [why] = ft_after["left_out"]
+    assert "hosted fine-tuning of openai/gpt-4o-mini left out: ended 2027-01-06" in why
+    assert "self-hosted LoRA" in why and "google/gemini-2.5-flash fine-tuning (only through Vertex AI" in why
+    assert after["pricing"]["as_of"] == "2027-02-01" and before["pricing"]["as_of"] == "2026-01-01"
+    # Prompting rungs keep the hosted what-if on both dates.
+    assert before["rungs"][0]["what_if"] and after["rungs"][0]["what_if"]
+    out = ok(run("cost", t, "--as-of", "2027-02-01"))
+    assert "left out" in out and "ended 2027-01-06" in out

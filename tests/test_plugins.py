@@ -107,7 +107,7 @@ def test_a_plugin_rung_climbs_prices_explains_and_serves(plugin_path: Path, tmp_
     assert shout.rung == "shout" and shout.kind.name == "prompt"
     assert shout.artifact["prompt"]["system"].endswith("ROUTE THE TICKET.\n\nANSWER WITH EXACTLY ONE LABEL FROM THIS "
                                                        "LIST AND NOTHING ELSE: BILLING, BUG, ACCOUNT NOW")
-    assert [c.rung for c in res.costs] == ["zero_shot", "shout"] and res.costs[1].hosted is not None
+    assert [c.rung for c in res.costs] == ["zero_shot", "shout"] and res.costs[1].best() is not None
     assert res.verdict is not None and any(r.startswith("shout:") for r in res.verdict.reasons)
 
     app = app_for_task(task, "shout", res.run_id)

@@ -46,8 +46,14 @@ def test_report_data_from_the_store(stored_run: tuple[int, Path]) -> None:
     assert len(data["examples"]) == n and all(set(e["rungs"]) == {"zero_shot", "few_shot"} for e in data["examples"])
     wrong = [e for e in data["examples"] if e["rungs"]["zero_shot"]["score"] < 1]
     assert len(wrong) == round(n * (1 - data["rungs"][0]["metric"]["value"]))
-    assert data["rungs"][0]["cost"]["hosted"]["per_1k_usd"] > 0
-    assert data["rungs"][0]["cost"]["self_hosted"]["replicas"] == 1
+    # Measured on this machine (the scripted double): priced self-hosted; gpt-4o-mini is only a what-if.
+    cost = data["rungs"][0]["cost"]
+    assert cost["hosted"] is None and cost["best"] == "self_hosted" and cost["self_hosted"]["replicas"] == 1
+    assert cost["what_if"]["what_if"] is True and cost["what_if"]["per_1k_usd"] > 0
+    assert cost["what_if"]["label"] == "what-if: these token counts on openai/gpt-4o-mini"
+    econ = data["economics"]
+    assert econ["measured"]["backend"] == "scripted" and econ["measured"]["cpus"] >= 1
+    assert econ["pricing"]["catalog_date"] and "what-if" in " ".join(econ["pricing"]["assumptions"])
     assert data["economics"]["daily_volume"] == 20_000 and data["economics"]["curves"]["series"]
     v = data["verdict"]
     assert v["recommended"] == "few_shot" and "zero_shot" in v["gap"]
@@ -72,11 +78,17 @@ def test_write_report_files(stored_run: tuple[int, Path], tmp_path: Path) -> Non
     # Model output is escaped, never injected.
     assert "<b>billing</b>" not in page and "&lt;b&gt;billing&lt;/b&gt;" in page
     assert page.count("<tr data-fail=") == data["n_test"]
+    # The what-if is labelled as one in every format, and the catalog's date and age are shown.
+    assert "what-if (not measured)" in page and "what-if: these token counts on openai/gpt-4o-mini" in page
+    assert "prices: catalog revised" in page and "id='pricing'" in page
     md = paths["markdown"].read_text()
     assert "| zero_shot | accuracy" in md and "## Verdict" in md and "**Recommended: few_shot" in md
+    assert "what-if: on openai/gpt-4o-mini $/1k" in md and "prices: catalog revised" in md
+    assert "- what-if: the measured token counts on openai/gpt-4o-mini" in md
     assert re.search(r"### zero_shot: \d+ of \d+ wrong", md)
     back = json.loads(paths["json"].read_text())
     assert back["rungs"] == json.loads(json.dumps(data["rungs"]))
+    assert back["rungs"][0]["cost"]["what_if"]["what_if"] is True and back["economics"]["pricing"]["as_of"]
     # A second report replaces our own files.
     write_report(data, out)
 

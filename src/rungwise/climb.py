@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,7 @@ from rungwise.config.task import Task, task_from_dict
 from rungwise.data.dataset import examples_hash, load_split
 from rungwise.data.split import Split
 from rungwise.economics.cost import RungCost, price_rungs
+from rungwise.economics.machine import Measured
 from rungwise.errors import ConfigError, RungwiseError, Unsupported
 from rungwise.evaluate.diagnosis import diagnose
 from rungwise.evaluate.metrics import Metric
@@ -65,10 +68,14 @@ class _Quiet:
 
 @dataclass
 class ClimbResult(Ladder):
-    """The measured ladder with every rung priced at the task's volume, and the verdict."""
+    """The measured ladder with every rung priced at the task's volume, and the verdict.
+
+    ``measured`` is what answered (backend, model, hardware): costs are priced as that model.
+    """
 
     costs: list[RungCost] = field(default_factory=list)
     verdict: Verdict | None = None
+    measured: Measured | None = None
 
 
 CHUNK = 64  # predictions per store transaction: a crash loses at most one chunk
@@ -219,17 +226,31 @@ def climb(
         )
     # One process climbs a run at a time: a second `--resume` of a run still being climbed is
     # refused instead of generating the same predictions twice.
+    plan = _Plan(task, split, test, order, rung_objs, metric, climb_id, model_id, limit, all_rungs)
     with store.claim_climb(climb_id):
         store.set_climb_status(climb_id, "running")
-        return _climb_rungs(task, split, test, order, rung_objs, metric, climb_id, store, reporter, backend, all_rungs,
-                            limit)
+        return _climb_rungs(plan, store, reporter, backend)
 
 
-def _climb_rungs(
-    task: Task, split: Split, test: list[Example], order: list[str], rung_objs: list[Rung], metric: Metric,
-    climb_id: int, store: Store, reporter: Reporter, backend: Backend | None, all_rungs: bool, limit: int | None,
-) -> ClimbResult:
+@dataclass
+class _Plan:
+    """One climb's fixed inputs, decided before any rung runs."""
+
+    task: Task
+    split: Split
+    test: list[Example]
+    order: list[str]
+    rungs: list[Rung]
+    metric: Metric
+    climb_id: int
+    model_id: str
+    limit: int | None
+    all_rungs: bool
+
+
+def _climb_rungs(plan: _Plan, store: Store, reporter: Reporter, backend: Backend | None) -> ClimbResult:
     """Prepare, answer, score and compare each rung in order; price and judge the ladder."""
+    task, split, test, metric, climb_id, limit = plan.task, plan.split, plan.test, plan.metric, plan.climb_id, plan.limit
     workspace = Workspace(
         task, split.train, BackendPool(task.model.build, borrowed=backend),
         stored=lambda name: store.latest_artifact(name, str(workspace.work_dir(name))),
@@ -241,7 +262,7 @@ def _climb_rungs(
     prev: tuple[str, ScoreSet] | None = None
     stopped_at: str | None = None
     try:
-        for pos, (name, rung) in enumerate(zip(order, rung_objs, strict=True)):
+        for pos, (name, rung) in enumerate(zip(plan.order, plan.rungs, strict=True)):
             rung_id = int(store.get_or_create_rung(climb_id, name, pos)["id"])
             try:
                 prepared = workspace.prepare(name)
@@ -273,9 +294,10 @@ def _climb_rungs(
             reporter.rung_end(result)
             results.append(result)
             prev = (name, scoreset)
-            if result.meets_target and not all_rungs:
+            if result.meets_target and not plan.all_rungs:
                 stopped_at = name
                 break
+        measured = _measured(plan.model_id, workspace.backends.built)
     except KeyboardInterrupt:
         store.set_climb_status(climb_id, "interrupted")
         raise
@@ -294,6 +316,7 @@ def _climb_rungs(
         n_test=len(test),
         leakage_dropped=split.leakage.count,
         notes=notes,
+        measured=measured,
     )
     if results:
         price_and_advise(out, task)
@@ -330,9 +353,36 @@ def _predict_missing(
         )
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this process may use (containers, taskset)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _measured(model_id: str, backend: Backend | None) -> Measured:
+    """What answered the climb and the hardware it ran on, recorded with the run for pricing.
+
+    The local backend exposes its torch ``device`` and ``model``; other backends ran on this
+    machine's CPUs (the scripted double) or behind an endpoint (priced per token, not per hour).
+    """
+    device, accelerator, params = "cpu", "", 0
+    dev = getattr(backend, "device", None)
+    if dev is not None and getattr(dev, "type", "cpu") != "cpu":
+        device = str(dev.type)
+        torch = sys.modules.get("torch")  # loaded already: the model runs on it
+        if device == "cuda" and torch is not None:
+            accelerator = str(torch.cuda.get_device_name(dev))
+    model = getattr(backend, "model", None)
+    if model is not None and hasattr(model, "num_parameters"):
+        params = int(model.num_parameters())
+    return Measured.from_model_id(model_id, device=device, accelerator=accelerator, cpus=_cpus(), params=params)
+
+
 def price_and_advise(c: ClimbResult, task: Task) -> ClimbResult:
-    """Price every measured rung at the task's volume and attach the verdict (pure; no model calls)."""
-    c.costs = price_rungs(c.rungs, task)
+    """Price every measured rung at the task's volume, as the model measured, and attach the
+    verdict (pure; no model calls)."""
+    c.costs = price_rungs(c.rungs, task, measured=c.measured)
     c.verdict = verdict(c, task, c.costs)
     return c
 
@@ -341,6 +391,8 @@ def climb_to_dict(c: ClimbResult, with_examples: bool = False) -> dict[str, Any]
     d = asdict(Ladder(c.task, c.run_id, [], c.target, c.stopped_at, c.n_test, c.leakage_dropped, c.notes))
     d["rungs"] = [result_to_dict(r, with_examples) for r in c.rungs]
     d["costs"] = [x.to_dict() for x in c.costs]
+    d["pricing"] = c.costs[0].basis.to_dict() if c.costs and c.costs[0].basis else None
+    d["measured"] = c.measured.to_dict() if c.measured is not None else None
     d["verdict"] = c.verdict.to_dict() if c.verdict is not None else None
     return d
 
@@ -371,10 +423,15 @@ def load_climb(climb_id: int, store: Store | None = None) -> ClimbResult:
     rungs = [rung_result_from_dict(json.loads(r["result_json"])) for r in store.rungs(climb_id) if r["result_json"]]
     skipped = [f"{r['name']} skipped: {r['skip_reason']}" for r in store.rungs(climb_id) if r["status"] == "skipped"]
     cfg = json.loads(row["config_json"])
+    stored = (json.loads(row["result_json"]) or {}) if row["result_json"] else {}
+    # Runs stored before the hardware was recorded: the model id still says which backend answered.
+    measured = (Measured.from_dict(stored["measured"]) if stored.get("measured")
+                else Measured.from_model_id(row["model_id"]))
     c = ClimbResult(
         task=row["task_name"], run_id=climb_id, rungs=rungs, target=cfg.get("target"),
-        stopped_at=(json.loads(row["result_json"]) or {}).get("stopped_at") if row["result_json"] else None,
+        stopped_at=stored.get("stopped_at"),
         n_test=row["n_test"], leakage_dropped=row["leakage_exact"] + row["leakage_normalized"], notes=skipped,
+        measured=measured,
     )
     if rungs:
         price_and_advise(c, task_from_dict(cfg, source=f"run {climb_id} config"))

@@ -56,6 +56,16 @@ def _status(results: Sequence[RungResult], target: Target | None, costs: dict[st
     return out
 
 
+def _pricing_notes(v: Verdict, costs: Sequence[RungCost]) -> None:
+    """What the costs rest on (date, catalog age, machine, what-if) and the offers left out."""
+    basis = costs[0].basis if costs else None
+    if basis is None:
+        return
+    v.pricing = basis.to_dict()
+    v.reasons.append("costs " + basis.headline() + "; " + "; ".join(basis.assumptions))
+    v.warnings += [x.sentence() for x in basis.left_out] + basis.warnings()
+
+
 def _narrow(cands: list[RungStatus], keep: Any, why: str, warnings: list[str], dropped: dict[str, str]) -> list[RungStatus]:
     """Keep candidates passing ``keep``; if none would remain, keep all and record a warning."""
     kept = [c for c in cands if keep(c)]
@@ -87,12 +97,15 @@ def verdict(
        a factor that would leave nothing is reported as a warning instead.
     4. The cheapest remaining rung at the task's volume (running + amortized one-off) wins.
 
+    Costs are those of the measured model (never a what-if), and an offer a new customer cannot
+    buy on the pricing date is never among them: the verdict says which were left out and why.
+
     ``costs`` defaults to :func:`rungwise.economics.cost.price_rungs` of the climb's rungs.
     """
     results = list(climb.rungs)
     target = parse_target(climb.target) if climb.target else task.parsed_target
     if costs is None:
-        costs = price_rungs(results, task)
+        costs = price_rungs(results, task, measured=getattr(climb, "measured", None))
     by_name = {c.rung: c for c in costs}
     volume, volume_given = daily_volume_of(task)
     factors = task.factors
@@ -179,4 +192,5 @@ def verdict(
     v.reasons += ["factor: " + s.sentence() for s in signals]
     if signals:
         v.reasons.append(f"the factors alone lean: {v.factors_lean}")
+    _pricing_notes(v, costs)
     return v

@@ -45,6 +45,8 @@ class Verdict:
     break_evens: list[dict[str, Any]] = field(default_factory=list)
     #: what kind of failures each rung shows and which rung closed which kind (behaviour vs knowledge)
     diagnosis: list[str] = field(default_factory=list)
+    #: what the costs rest on: pricing date, catalog age, prices used, assumptions, offers left out
+    pricing: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -168,13 +168,17 @@ def register(app: typer.Typer) -> None:
         run: Annotated[int | None, typer.Option(help="With --resume: the run id to resume.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")] = False,
         progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+        as_of: Annotated[str | None, typer.Option("--as-of", help="Price the ladder on this date (YYYY-MM-DD; "
+                                                  "default: economics.as_of, else today).")] = None,
     ) -> None:
         """Climb the ladder on the held-out split and print the ladder table."""
+        from rungwise.cli.economics import _as_of
         from rungwise.climb import climb as do_climb
         from rungwise.climb import climb_to_dict
         from rungwise.config.task import load_task
+        from rungwise.economics.cost import with_overrides
 
-        task = load_task(task_file)
+        task = with_overrides(load_task(task_file), as_of=_as_of(as_of))
         rep = _RichReporter(progress and not as_json)
         try:
             result = do_climb(

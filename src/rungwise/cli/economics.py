@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +15,21 @@ from rungwise.errors import RungwiseError
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+AS_OF_HELP = ("Price on this date (YYYY-MM-DD): offers a new customer cannot buy then are left out, and old "
+              "prices are flagged (default: economics.as_of, else today).")
+
+
+def _as_of(value: str | None) -> dt.date | None:
+    """``--as-of`` as a date, or a clear error."""
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise RungwiseError(f"--as-of {value!r} is not a date", hint="write it as YYYY-MM-DD, e.g. --as-of 2027-02-01") \
+            from None
 
 
 def _load_run(run: str, task: Any) -> Any:
@@ -86,7 +102,8 @@ def _ask_factors(task: Any) -> Any:
 def _print_notes(notes: list[str], costs: Any) -> None:
     seen: set[str] = set()
     for x in costs:
-        for n in [*x.notes, *(n for d in x.options for n in d.notes)]:
+        deployments = [*x.options, *([x.what_if] if x.what_if else [])]
+        for n in [*x.notes, *(n for d in deployments for n in d.notes)]:
             if n not in seen:
                 notes.append(f"{x.rung}: {n}" if "examples/s" in n or "shared-prefix" in n or "below" in n else n)
                 seen.add(n)
@@ -98,59 +115,85 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def prices(
         task_file: Annotated[Path | None, typer.Option("--task", help="Merge this task.yaml's economics.prices.")] = None,
+        as_of: Annotated[str | None, typer.Option("--as-of", help="Show availability and price ages on this date "
+                                                  "(YYYY-MM-DD; default: the task's economics.as_of, else today).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the catalog as JSON.")] = False,
     ) -> None:
-        """List the price catalog: hosted models' token prices and GPU-hour prices, with sources and dates."""
+        """List the price catalog: hosted models' token prices and who can still buy them (and their
+        fine-tuning), GPU- and vCPU-hour prices, with sources, dates, and a warning for old prices."""
         from dataclasses import asdict
 
         from rungwise.cli.render import prices_tables
+        from rungwise.config.economics import EconomicsSpec
         from rungwise.config.task import load_task
+        from rungwise.economics.basis import pricing_date
         from rungwise.prices.catalog import load_catalog
 
-        cat = load_catalog(load_task(task_file).economics.prices if task_file else None)
+        econ = load_task(task_file).economics if task_file else EconomicsSpec()
+        cat = load_catalog(econ.prices if task_file else None)
+        on = pricing_date(econ, _as_of(as_of))
+        m, g, sources, warnings = prices_tables(cat, on, econ.max_price_age_days)
         if as_json:
-            print(json.dumps({"catalog_date": cat.date, "currency": cat.currency,
-                              "models": {k: asdict(v) for k, v in cat.models.items()},
-                              "gpus": {k: {**asdict(v), "price_range": list(v.price_range)} for k, v in cat.gpus.items()}},
-                             indent=2))
+            print(json.dumps({
+                "catalog_date": cat.date, "as_of": on.isoformat(), "catalog_age_days": cat.age_days(on),
+                "currency": cat.currency, "warnings": warnings,
+                "models": {k: {**asdict(v), "read_date": v.read_date,
+                               "available_to_new_customers": v.availability.open_to_new(on),
+                               "availability_now": v.availability.describe(on),
+                               "finetune_availability_now": v.finetune.availability.describe(on) if v.finetune else None}
+                           for k, v in cat.models.items()},
+                "gpus": {k: {**asdict(v), "price_range": list(v.price_range)} for k, v in cat.gpus.items()},
+                "cpu": {**asdict(cat.cpu), "price_range_per_vcpu_hour": list(cat.cpu.price_range)} if cat.cpu else None,
+            }, indent=2, default=str))
             return
-        m, g, sources = prices_tables(cat)
+        age = cat.age_days(on)
+        console.print(f"[bold]price catalog revised {cat.date}[/], {age} days old on {on} "
+                      f"(prices older than {econ.max_price_age_days} days are marked !)", highlight=False)
         console.print(m)
         console.print(g)
-        console.print("[bold]sources[/] (list prices change: check before relying on a figure)")
+        console.print("[bold]sources[/] (list prices change and offers close: check before relying on a figure)")
         for line in sources:
             console.print("  " + line, highlight=False, soft_wrap=True, markup=False)
+        for w in warnings:
+            console.print("[yellow]warning:[/] " + escape(w), highlight=False, soft_wrap=True)
         console.print("[dim]override or add prices under economics.prices in task.yaml[/]")
 
     @app.command()
     def cost(
         task_file: Annotated[Path, typer.Argument(help="task.yaml (or its directory).", metavar="TASK")],
         volume: Annotated[int | None, typer.Option(min=0, help="Requests per day (default: economics.daily_volume).")] = None,
-        price_model: Annotated[str | None, typer.Option(help="Catalog key to price at, e.g. openai/gpt-4.1-mini.")] = None,
+        price_model: Annotated[str | None, typer.Option(
+            help="The hosted what-if: also show the token counts at this catalog model's prices, e.g. "
+            "openai/gpt-5.4-mini (default: economics.price_model).")] = None,
         run: Annotated[str | None, typer.Option(help="Use the measured tokens of this run (id or latest).")] = None,
+        as_of: Annotated[str | None, typer.Option("--as-of", help=AS_OF_HELP)] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print costs as JSON.")] = False,
     ) -> None:
         """Cost per call, per 1,000 requests and per month of each rung, with fine-tuning break-even.
 
+        Costs are those of the model measured: a local climb self-hosted from its measured
+        throughput, an endpoint at its model's list prices; price_model adds a labelled what-if.
         Without --run, tokens are estimated from the task's data (no model is run)."""
         from rungwise.cli.render import print_economics
         from rungwise.config.task import load_task
         from rungwise.economics.cost import break_evens, price_profiles, price_rungs, with_overrides
         from rungwise.economics.estimate import estimate_profiles
 
-        task = with_overrides(load_task(task_file), volume, price_model)
+        task = with_overrides(load_task(task_file), volume, price_model, _as_of(as_of))
         notes: list[str] = []
         if run:
             c = _load_run(run, task)
-            costs = price_rungs(c.rungs, task)
-            source = f"measured tokens of run {c.run_id}"
+            costs = price_rungs(c.rungs, task, measured=c.measured)
+            source = f"measured tokens of run {c.run_id} ({c.measured.model}, {c.measured.hardware()})"
         else:
             profiles, notes = estimate_profiles(task)
             costs = price_profiles(profiles, task)
             source = "estimated tokens (no run); measure with `rungwise climb` and pass --run latest"
         if as_json:
+            bes = break_evens(costs) or break_evens(costs, what_if=True)
             print(json.dumps({"source": source, "rungs": [x.to_dict() for x in costs],
-                              "break_evens": [b.to_dict() for b in break_evens(costs)], "notes": notes}, indent=2))
+                              "break_evens": [b.to_dict() for b in bes], "notes": notes,
+                              "pricing": costs[0].basis.to_dict() if costs and costs[0].basis else None}, indent=2))
             return
         console.print(f"[dim]{escape(source)}[/]")
         print_economics(console, costs)
@@ -161,6 +204,7 @@ def register(app: typer.Typer) -> None:
         task_file: Annotated[Path, typer.Argument(help="task.yaml (or its directory).", metavar="TASK")],
         run: Annotated[str | None, typer.Option(help="Judge this run's measured ladder (id or latest).")] = None,
         volume: Annotated[int | None, typer.Option(min=0, help="Requests per day (overrides task.yaml).")] = None,
+        as_of: Annotated[str | None, typer.Option("--as-of", help=AS_OF_HELP)] = None,
         ask: Annotated[bool | None, typer.Option("--ask/--no-ask",
                                                  help="Ask for factors task.yaml leaves unset (default: on a terminal).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
@@ -176,7 +220,7 @@ def register(app: typer.Typer) -> None:
         from rungwise.economics.cost import daily_volume_of, price_profiles, price_rungs, with_overrides
         from rungwise.economics.estimate import estimate_profiles
 
-        task = with_overrides(load_task(task_file), volume, None)
+        task = with_overrides(load_task(task_file), volume, None, _as_of(as_of))
         if ask if ask is not None else (sys.stdin.isatty() and not as_json):
             before = task.factors.model_dump(exclude_none=True)
             task = _ask_factors(task)
@@ -187,7 +231,7 @@ def register(app: typer.Typer) -> None:
         vol, given = daily_volume_of(task)
         if run:
             c = _load_run(run, task)
-            costs = price_rungs(c.rungs, task)
+            costs = price_rungs(c.rungs, task, measured=c.measured)
             v = verdict(c, task, costs)
             if as_json:
                 print(json.dumps({"run_id": c.run_id, "verdict": v.to_dict(),
@@ -203,7 +247,9 @@ def register(app: typer.Typer) -> None:
         direction = lean(signals)
         if as_json:
             print(json.dumps({"run_id": None, "factors_lean": direction, "signals": [s.__dict__ for s in signals],
-                              "costs": [x.to_dict() for x in costs], "notes": notes}, indent=2, default=str))
+                              "costs": [x.to_dict() for x in costs], "notes": notes,
+                              "pricing": costs[0].basis.to_dict() if costs and costs[0].basis else None},
+                             indent=2, default=str))
             return
         console.print(factors_table(signals))
         console.print(f"the factors alone lean: [bold]{direction}[/]")
@@ -241,6 +287,7 @@ def register(app: typer.Typer) -> None:
         task_file: Annotated[Path | None, typer.Option("--task", help="Re-price with this task.yaml's economics and "
                                                                           "factors instead of the run's.")] = None,
         volume: Annotated[int | None, typer.Option(min=0, help="Requests per day for the costs.")] = None,
+        as_of: Annotated[str | None, typer.Option("--as-of", help=AS_OF_HELP)] = None,
     ) -> None:
         """Write the run's report: self-contained HTML (charts, per-example browser), Markdown and JSON."""
         from rungwise.config.task import load_task
@@ -248,7 +295,7 @@ def register(app: typer.Typer) -> None:
         from rungwise.report.data import report_data_from_store
 
         task = load_task(task_file) if task_file else None
-        data = report_data_from_store(run, task=task, daily_volume=volume)
+        data = report_data_from_store(run, task=task, daily_volume=volume, as_of=_as_of(as_of))
         target = out or Path(f"rungwise-report-{data['run_id']}")
         paths = write_report(data, target)
         for kind, p in paths.items():

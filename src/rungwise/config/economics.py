@@ -1,11 +1,16 @@
 """The ``economics:`` block of task.yaml: volume, which prices to use, and your own price entries.
 
+By default a rung is priced as what was measured: a local climb self-hosted from its measured
+throughput on a machine like the one it ran on; an OpenAI-compatible endpoint whose model is in
+the catalog at that model's prices. ``price_model`` adds a clearly labelled hosted what-if.
+
 Example (task.yaml)::
 
     economics:
       daily_volume: 20000               # requests per day in production
-      price_model: openai/gpt-4o-mini   # price every rung as if this hosted model served it
+      price_model: openai/gpt-4o-mini   # what-if: these token counts on this hosted model
       self_host_gpu: l4                 # price self-hosting at this GPU's hourly rate
+      as_of: 2026-11-30                 # judge availability and price age on this date (default today)
       labeling_cost_per_example: 0.10   # $ to label one clean training example
       retrain_every_days: 90
       prices:
@@ -17,24 +22,62 @@ Example (task.yaml)::
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rungwise.config.base import Strict
 
 DEFAULT_PRICE_MODEL = "openai/gpt-4o-mini"
 DEFAULT_DAILY_VOLUME = 1000
+#: A price read longer ago than this is flagged as stale (about six months).
+DEFAULT_MAX_PRICE_AGE_DAYS = 183
+
+
+class AvailabilitySpec(Strict):
+    """Who can buy an offer (a hosted model, or a provider's fine-tuning), from when, and where.
+
+    No dates: open to anyone. ``closed_to_new``: from that date new customers cannot buy it
+    (existing ones may). ``ends``: from that date nobody can. ``channel``: sold only through
+    that channel (e.g. Amazon Bedrock), not through the provider's own API.
+    """
+
+    closed_to_new: dt.date | None = Field(None, description="From this date new customers cannot buy it (YYYY-MM-DD).")
+    ends: dt.date | None = Field(None, description="From this date nobody can buy or use it (YYYY-MM-DD).")
+    channel: str | None = Field(None, description="Sold only through this channel, e.g. 'Amazon Bedrock'.")
+    source: str = Field(description="URL or document the availability comes from.")
+    date: str = Field(description="When the source was read (YYYY-MM-DD).")
+    note: str | None = Field(None, description="Anything a reader should know (who is still served, replacements).")
+
+    @model_validator(mode="after")
+    def _order(self) -> AvailabilitySpec:
+        if self.closed_to_new and self.ends and self.ends < self.closed_to_new:
+            raise ValueError("`ends` comes before `closed_to_new`")
+        return self
+
+
+class ConfirmationSpec(Strict):
+    """A later source that lists the same figures (so the entry is known to be current then)."""
+
+    source: str = Field(description="URL or document that lists the same prices.")
+    date: str = Field(description="When it was read or last updated (YYYY-MM-DD).")
+    note: str | None = Field(None, description="Which figures it confirms, if not all.")
 
 
 
 class FinetunePriceSpec(Strict):
     """A provider's fine-tuning prices for one base model ($ per 1M tokens)."""
 
-    training_per_1m: float = Field(ge=0, description="Training: $ per 1M training tokens (tokens in the file x epochs).")
+    training_per_1m: float | None = Field(
+        None, ge=0, description="Training: $ per 1M training tokens (tokens in the file x epochs); none = not listed."
+    )
     input_per_1m: float | None = Field(None, ge=0, description="Inference on the fine-tuned model: $ per 1M input tokens.")
     cached_input_per_1m: float | None = Field(None, ge=0, description="Fine-tuned model: $ per 1M cached input tokens.")
     output_per_1m: float | None = Field(None, ge=0, description="Fine-tuned model: $ per 1M output tokens.")
+    availability: AvailabilitySpec | None = Field(
+        None, description="Who can buy fine-tuning of this model and until when (none: open to anyone)."
+    )
 
 
 class ModelPriceSpec(Strict):
@@ -60,8 +103,12 @@ class ModelPriceSpec(Strict):
         None, gt=0, description="How long an unused cached prefix survives (about 300 s at OpenAI and Anthropic)."
     )
     finetune: FinetunePriceSpec | None = Field(None, description="Fine-tuning prices, where the provider lists them.")
+    availability: AvailabilitySpec | None = Field(
+        None, description="Who can buy this hosted model and until when (none: open to anyone)."
+    )
     source: str | None = Field(None, description="URL or document the figures come from.")
     date: str | None = Field(None, description="When the figures were read (YYYY-MM-DD or YYYY-MM).")
+    confirmed: ConfirmationSpec | None = Field(None, description="A later source listing the same figures.")
     note: str | None = Field(None, description="Anything a reader should know about the figure.")
 
 
@@ -91,16 +138,28 @@ class EconomicsSpec(Strict):
     )
     price_model: str = Field(
         DEFAULT_PRICE_MODEL,
-        description="Catalog key of the hosted model whose prices the rungs are costed at (see `rungwise prices`); "
-        "fine-tune rungs use its fine-tuning prices.",
+        description="The hosted what-if: catalog key of a hosted model (see `rungwise prices`) at whose prices the "
+        "measured token counts are also shown, labelled as a what-if (fine-tune rungs at its fine-tuning prices, "
+        "where new customers can still buy them). It is the default price only when the climb ran that model.",
     )
     self_host_gpu: str | None = Field(
         None,
         description="Catalog GPU key (t4, l4, a100-40gb, h100-sxm, ...) for self-hosted cost from the measured "
-        "throughput. The throughput is the one measured by the climb, so name the hardware it ran on.",
+        "throughput. The throughput is the one measured by the climb, so name the hardware it ran on. Default: "
+        "the machine the climb ran on (its GPU from the catalog, or its vCPUs at the catalog's CPU-hour rate).",
     )
     self_host_usd_per_hour: float | None = Field(
         None, gt=0, description="Hourly price of the machine the climb ran on (wins over self_host_gpu)."
+    )
+    as_of: dt.date | None = Field(
+        None,
+        description="Price on this date (YYYY-MM-DD): offers new customers cannot buy on it are left out, and "
+        "prices older than max_price_age_days on it are flagged. Default: today. Fix it for reproducible reports.",
+    )
+    max_price_age_days: int = Field(
+        DEFAULT_MAX_PRICE_AGE_DAYS, gt=0,
+        description="Warn when a catalog price used was read more than this many days before as_of "
+        "(override stale ones under economics.prices).",
     )
     self_host_utilization: float = Field(
         0.5, gt=0, le=1, description="Average load / capacity a self-hosted server can sustain (headroom for peaks)."

@@ -20,8 +20,10 @@ The dict (``REPORT_SCHEMA_VERSION`` 1)::
           "id": "ab12...", "source": "data.jsonl:12", "input": "...", "expected": "...",
           "rungs": {"few_shot": {"prediction": "...", "score": 1.0, "valid": true}, ...}
       }],
-      "economics": {"daily_volume", "volume_given", "price_model", "curves": {"volumes": [...],
-                    "series": {rung: [$ per month, ...]}}, "break_evens": [BreakEven.to_dict()]} | null,
+      "economics": {"daily_volume", "volume_given", "price_model" (the hosted what-if),
+                    "measured": Measured.to_dict() | null, "pricing": PricingBasis.to_dict() | null,
+                    "curves": {"volumes": [...], "series": {rung: [$ per month, ...]}},
+                    "break_evens": [BreakEven.to_dict()]} | null,
       "verdict": Verdict.to_dict() | null
     }
 
@@ -48,6 +50,7 @@ from rungwise.economics.cost import (
     price_rungs,
     with_overrides,
 )
+from rungwise.economics.machine import Measured
 from rungwise.errors import RungwiseError
 from rungwise.store import Store
 from rungwise.types import Example, Ladder
@@ -65,19 +68,21 @@ def report_data(
     model: str | None = None,
     n_train: int | None = None,
     created_at: str | None = None,
+    measured: Measured | None = None,
 ) -> dict[str, Any]:
     """Build the report dict from a climb in memory.
 
     ``examples`` are the test examples in the order the rungs scored them (their predictions,
     scores and valid flags come from the rung results). ``costs`` and ``verdict`` are priced and
-    judged from ``task`` when not given (and ``task`` is).
+    judged from ``task`` when not given (and ``task`` is), as ``measured`` (default: the climb's).
 
     Example:
         >>> data = report_data(result, task=task, examples=split.test)  # doctest: +SKIP
         >>> write_report(data, Path("report"))  # doctest: +SKIP
     """
+    measured = measured or getattr(climb, "measured", None)
     if costs is None and task is not None:
-        costs = price_rungs(climb.rungs, task)
+        costs = price_rungs(climb.rungs, task, measured=measured)
     if verdict is None and task is not None and costs is not None:
         from rungwise.advise import verdict as _verdict
 
@@ -111,6 +116,8 @@ def report_data(
         econ = {
             "daily_volume": costs[0].daily_volume, "volume_given": given,
             "price_model": task.economics.price_model if task is not None else None,
+            "measured": measured.to_dict() if measured is not None else None,
+            "pricing": costs[0].basis.to_dict() if costs[0].basis else None,
             "curves": cost_curves(costs), "break_evens": [b.to_dict() for b in break_evens(costs)],
         }
     metric = climb.rungs[0].metric.name if climb.rungs else (task.metric.name if task is not None else "")
@@ -130,12 +137,14 @@ def _jsonable(x: Any) -> Any:
 
 
 def report_data_from_store(
-    run_id: int | str, *, task: Task | None = None, store: Store | None = None, daily_volume: int | None = None
+    run_id: int | str, *, task: Task | None = None, store: Store | None = None, daily_volume: int | None = None,
+    as_of: _dt.date | None = None,
 ) -> dict[str, Any]:
     """Build the report dict for a stored run (``run_id`` an id or ``"latest"``).
 
     The task config saved with the run is used for pricing and the verdict unless ``task`` (e.g.
-    the current task.yaml, with new volume or prices) is given; ``daily_volume`` overrides its volume.
+    the current task.yaml, with new volume or prices) is given; ``daily_volume`` and ``as_of``
+    (the pricing date) override its own.
     """
     from rungwise.climb import load_climb
 
@@ -157,7 +166,7 @@ def report_data_from_store(
     if task is None:
         cfg = json.loads(row["config_json"])
         task = task_from_dict(cfg, source=f"run {run_id} config")
-    task = with_overrides(task, daily_volume)
+    task = with_overrides(task, daily_volume, as_of=as_of)
     # The test examples and each rung's predictions, in example order.
     per_rung = {}
     for rr in st.rungs(run_id):
@@ -195,3 +204,30 @@ def comparison_cell(rung: dict[str, Any]) -> str:
 def meets_cell(data: dict[str, Any], rung: dict[str, Any]) -> str:
     """'yes' / 'no' against the report's target, or a dash when there is none."""
     return "—" if not data.get("target") else ("yes" if rung.get("meets_target") else "no")
+
+
+def what_if_model(data: dict[str, Any]) -> str | None:
+    """The hosted what-if's model key, when some rung was priced on it (or left it out)."""
+    for r in data.get("rungs") or []:
+        c = r.get("cost") or {}
+        if c.get("what_if") or c.get("left_out"):
+            return (data.get("economics") or {}).get("price_model")
+    return None
+
+
+def catalog_line(data: dict[str, Any]) -> str | None:
+    """'prices: catalog revised 2026-11-30, 0 days old on 2026-11-30' for the report's header."""
+    p = (data.get("economics") or {}).get("pricing")
+    if not p:
+        return None
+    return f"prices: catalog revised {p['catalog_date']}, {p['catalog_age_days']} days old on {p['as_of']}"
+
+
+def pricing_lines(pricing: dict[str, Any] | None) -> list[str]:
+    """What the costs rest on, one line each: date and catalog age, assumptions (the what-if
+    labelled), offers left out with the alternatives, and stale-price warnings."""
+    if not pricing:
+        return []
+    return ([pricing["headline"], *pricing.get("assumptions", []),
+             *(x["sentence"] for x in pricing.get("left_out", [])),
+             *("warning: " + w for w in pricing.get("warnings", []))])

@@ -15,7 +15,7 @@ from typing import Any
 
 from rungwise.money import usd
 from rungwise.report import svg
-from rungwise.report.data import comparison_cell, meets_cell
+from rungwise.report.data import catalog_line, comparison_cell, meets_cell, pricing_lines, what_if_model
 
 MARKER = '<meta name="generator" content="rungwise">'
 MAX_EXAMPLE_ROWS = 5000
@@ -37,6 +37,7 @@ table { border-collapse: collapse; width: 100%; margin: 6px 0; }
 th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f5f5f7; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 #examples td { max-width: 360px; } #examples td div { max-height: 7.5em; overflow: auto; white-space: pre-wrap; }
+tr.what-if td { color: #666; font-style: italic; }
 td.ok { background: var(--ok); } td.bad { background: var(--bad); } td.invalid { background: var(--inv); }
 .controls { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; margin: 8px 0; }
 .small { color: #666; font-size: 12px; } code { background: #f5f5f7; padding: 0 3px; border-radius: 3px; }
@@ -134,20 +135,20 @@ def _charts(data: dict[str, Any]) -> str:
     figs.append((svg.bar_chart(names, {"shared prefix (cacheable)": cached, "rest of prompt": prompt,
                                        "completion": compl}, title="tokens per call", stacked=True, y_label="tokens"),
                  "Mean tokens per call: the shared prefix (system prompt + fixed demos) can be served from a prompt cache."))
-    hosted = [((r.get("cost") or {}).get("hosted") or {}).get("per_1k_usd") for r in rungs]
-    selfh = [((r.get("cost") or {}).get("self_hosted") or {}).get("per_1k_usd") for r in rungs]
-    series: dict[str, list[float]] = {}
-    if any(x is not None for x in hosted):
-        series["hosted"] = [x or 0.0 for x in hosted]
-    if any(x is not None for x in selfh):
-        series["self-hosted"] = [x or 0.0 for x in selfh]
     econ = data.get("economics") or {}
     vol = econ.get("daily_volume")
+    what_if = what_if_model(data)
+    series: dict[str, list[float]] = {}
+    for mode, name in (("self_hosted", "self-hosted"), ("hosted", "hosted"), ("what_if", f"what-if: {what_if}")):
+        vals = [((r.get("cost") or {}).get(mode) or {}).get("per_1k_usd") for r in rungs]
+        if any(x is not None for x in vals):
+            series[name] = [x or 0.0 for x in vals]
     if series:
         figs.append((svg.bar_chart(names, series, title="cost per 1,000 requests", unit="$", y_label="USD"),
                      (f"At {vol:,} requests/day" if vol else "Cost per 1,000 requests")
-                     + (f", priced as {econ.get('price_model')}" if econ.get("price_model") else "")
-                     + (". Self-hosted includes idle server time." if "self-hosted" in series else ".")))
+                     + (". Self-hosted includes idle server time" if "self-hosted" in series else "")
+                     + (f". The what-if prices these token counts on {what_if}, a model this climb did not measure."
+                        if what_if and f"what-if: {what_if}" in series else ".")))
     curves = econ.get("curves") or {}
     if curves.get("series"):
         pts = []
@@ -222,7 +223,7 @@ def _cost_table(data: dict[str, Any]) -> str:
         c = r.get("cost")
         if not c:
             continue
-        for mode in ("hosted", "self_hosted"):
+        for mode in ("self_hosted", "hosted", "what_if"):
             d = c.get(mode)
             if not d:
                 continue
@@ -240,8 +241,10 @@ def _cost_table(data: dict[str, Any]) -> str:
                 extra = f" ({d.get('replicas', 1)} server(s))"
             notes = "; ".join(d.get("notes") or [])
             best = " ✔" if c.get("best") == mode else ""
+            shown = "what-if (not measured)" if mode == "what_if" else mode.replace("_", "-")
             rows.append(
-                f"<tr><td>{_e(r['name'])}</td><td>{_e(mode.replace('_', '-'))}{best}</td><td>{_e(d['label'])}</td>"
+                f"<tr{' class=what-if' if mode == 'what_if' else ''}><td>{_e(r['name'])}</td><td>{_e(shown)}{best}</td>"
+                f"<td>{_e(d['label'])}</td>"
                 f"<td class='num'>{usd(d['per_1k_usd'])}{_e(extra)}</td><td class='num'>{usd(d['monthly_usd'])}</td>"
                 f"<td>{_e(one_txt)}</td><td class='num'>{usd(d['total_monthly_usd'])}</td><td class='small'>{_e(notes)}</td></tr>"
             )
@@ -250,10 +253,13 @@ def _cost_table(data: dict[str, Any]) -> str:
     econ = data.get("economics") or {}
     bes = "".join(f"<li>{_e(b.get('sentence'))}</li>" for b in econ.get("break_evens") or [])
     vol = econ.get("daily_volume")
-    head = f"<p>At <b>{vol:,}</b> requests/day. ✔ = the rung's cheapest deployment.</p>" if vol else ""
+    head = (f"<p>At <b>{vol:,}</b> requests/day. ✔ = the rung's cheapest deployment of the measured model; a "
+            "what-if row prices the same token counts on another model and is never picked.</p>" if vol else "")
+    basis = "".join(f"<li>{_e(x)}</li>" for x in pricing_lines(econ.get("pricing")))
     return (head + "<table id='cost-table'><thead><tr><th>rung</th><th>deployment</th><th>priced as</th><th>$ / 1k requests</th>"
             "<th>running $/month</th><th>one-off</th><th>total $/month</th><th>notes</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>" + (f"<p><b>Break-even</b></p><ul>{bes}</ul>" if bes else ""))
+            + "".join(rows) + "</tbody></table>" + (f"<p><b>Break-even</b></p><ul>{bes}</ul>" if bes else "")
+            + (f"<p><b>What the prices rest on</b></p><ul id='pricing'>{basis}</ul>" if basis else ""))
 
 
 def _factors_table(v: dict[str, Any] | None) -> str:
@@ -327,6 +333,7 @@ def render_html(data: dict[str, Any]) -> str:
         f"{data['n_train']} train" if data.get("n_train") else None,
         f"{data['leakage_dropped']} leaked test rows dropped" if data.get("leakage_dropped") else None,
         f"created {data['created_at']}" if data.get("created_at") else None,
+        catalog_line(data),
     ] if x)
     notes = "".join(f"<li>{_e(n)}</li>" for n in data.get("notes") or [])
     embedded = script_json({"task": data.get("task"), "run_id": data.get("run_id")})

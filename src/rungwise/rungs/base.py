@@ -167,6 +167,11 @@ class BackendPool:
             self._shared = self.adopt(self._factory())
         return self._shared
 
+    @property
+    def built(self) -> Backend | None:
+        """The task's backend if it was built (or borrowed), without building it."""
+        return self._shared
+
     def adopt(self, backend: Backend) -> Backend:
         """Close ``backend`` with the pool (a rung's own model)."""
         if backend is not self._borrowed and backend not in self._owned:
