@@ -14,7 +14,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "rungwise"
 
 LAYERS: list[set[str]] = [
-    {"types", "errors", "paths", "_deps", "registry", "money"},
+    {"types", "errors", "paths", "_deps", "registry", "money", "usercode"},
     {"config"},
     {"data", "evaluate", "store", "prices", "prompting", "templates"},
     {"backends", "models", "data.audit"},  # the audit counts tokens with the task model's tokenizer

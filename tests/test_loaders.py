@@ -158,3 +158,33 @@ def test_a_train_split_with_one_label_warns(tmp_path: Path) -> None:
     assert "can only learn to answer 'billing'" in split.warnings[0]
     write_jsonl(tmp_path / "train.jsonl", [{"input": f"q{i}", "output": ["billing", "bug"][i % 2]} for i in range(6)])
     assert load_split(task_from_dict({"name": "x", "data": data, "labels": ["billing", "bug"]}, base_dir=tmp_path)).warnings == []
+
+
+def test_a_python_reader_turns_any_file_into_examples(tmp_path: Path) -> None:
+    from rungwise.config.task import task_from_dict
+    from rungwise.data.audit import audit
+    from rungwise.data.dataset import load_split
+    from rungwise.errors import ConfigError, DataError
+
+    (tmp_path / "nested.json").write_text(json.dumps({"groups": [{"q": f"question {i}", "a": ["yes", "no"][i % 2],
+                                                                   "doc": f"d{i % 3}"} for i in range(20)]}))
+    (tmp_path / "my_reader.py").write_text(
+        "import json\n"
+        "def read(path):\n"
+        "    for g in json.loads(path.read_text())['groups']:\n"
+        "        yield {'input': g['q'], 'output': g['a'], 'gold_doc_ids': [g['doc']], 'extra': 1}\n"
+        "def broken(path):\n"
+        "    raise KeyError('groups')\n"
+    )
+    task = task_from_dict({"name": "x", "data": {"path": "nested.json", "format": "python:my_reader:read"},
+                           "labels": ["yes", "no"]}, base_dir=tmp_path)
+    split = load_split(task)
+    ex = split.train[0]
+    assert len(split.train) + len(split.test) == 20 and ex.gold_doc_ids and ex.metadata == {"extra": 1}
+    assert ex.source.startswith(str(tmp_path / "nested.json") + "#")
+    assert audit(task=task).verdict in ("ready", "ready_with_warnings", "not_ready")
+    bad = task.model_copy(update={"data": task.data.model_copy(update={"format": "python:my_reader:broken"})})
+    with pytest.raises(DataError, match=r"the reader python:my_reader:broken raised KeyError"):
+        load_split(bad)
+    with pytest.raises(ConfigError, match="unknown format 'xml'"):
+        task_from_dict({"name": "x", "data": {"path": "nested.json", "format": "xml"}}, base_dir=tmp_path)

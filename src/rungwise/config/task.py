@@ -35,6 +35,9 @@ from rungwise.config.model import ModelSpec, model_spec_from
 from rungwise.errors import ConfigError
 from rungwise.registry import RUNGS
 
+#: The data formats rungwise reads itself (``python:module:function`` names your own reader).
+DATA_FORMATS = ("auto", "jsonl", "chat", "alpaca", "csv")
+
 
 class Columns(Strict):
     """Which fields (JSONL keys or CSV columns) hold the input and the expected output."""
@@ -53,16 +56,25 @@ class DataSpec(Strict):
     path: str | None = Field(None, description="One data file, split into train/test by test_fraction.")
     train: str | None = Field(None, description="Explicit train file (use with `test`).")
     test: str | None = Field(None, description="Explicit held-out test file (use with `train`).")
-    format: Literal["auto", "jsonl", "chat", "alpaca", "csv"] = Field(
+    format: str = Field(
         "auto",
         description="auto: by extension and first record; jsonl {input, output}; chat {messages: [...]} "
-        "(last assistant message = expected output); alpaca {instruction, input, output}; csv with named columns.",
+        "(last assistant message = expected output); alpaca {instruction, input, output}; csv with named columns; "
+        "or python:module:function, your own reader: function(path) yields one {input, output} mapping per example "
+        "(optional gold_doc_ids, label, source; other keys become metadata). It runs that code.",
     )
     columns: Columns = Field(default_factory=Columns, description="Field names for jsonl/csv input and output.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of examples held out for testing (with `path`).")
     seed: int = Field(13, description="Seed of the deterministic split and of every sampler.")
     max_train: int | None = Field(None, gt=0, description="Cap the train split (seeded sample), for speed.")
     max_test: int | None = Field(None, gt=0, description="Cap the test split (seeded, stratified sample).")
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v not in DATA_FORMATS and not v.startswith("python:"):
+            raise ValueError(f"unknown format {v!r}; use one of: {', '.join(DATA_FORMATS)}, or python:module:function")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:

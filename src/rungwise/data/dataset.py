@@ -14,7 +14,7 @@ from rungwise.types import Example
 
 def _load(task: Task, path: str) -> list[Example]:
     cols = task.data.columns
-    return load_examples(task.resolve(path), task.data.format, cols.input, cols.output)
+    return load_examples(task.resolve(path), task.data.format, cols.input, cols.output, base_dir=task.base_dir)
 
 
 def check_labels(examples: Sequence[Example], labels: Sequence[str]) -> None:

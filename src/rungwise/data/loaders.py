@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rungwise.errors import DataError
+from rungwise.config.task import DATA_FORMATS
+from rungwise.errors import DataError, RungwiseError
 from rungwise.types import Example, Message
+from rungwise.usercode import is_user_code, load_function
 
-FORMATS = ("auto", "jsonl", "chat", "alpaca", "csv")
+FORMATS = DATA_FORMATS
 _ROLES = {"system", "user", "assistant"}
 
 
@@ -245,9 +247,18 @@ def _csv_examples(path: Path, text: str, cin: str, cout: str) -> list[Example]:
     return out
 
 
-def load_examples(path: str | Path, fmt: str = "auto", input_field: str = "input", output_field: str = "output") -> list[Example]:
-    """Load examples from a data file. Raises :class:`DataError` on any malformed line."""
+def load_examples(
+    path: str | Path, fmt: str = "auto", input_field: str = "input", output_field: str = "output",
+    base_dir: Path | None = None,
+) -> list[Example]:
+    """Load examples from a data file. Raises :class:`DataError` on any malformed line.
+
+    ``fmt`` ``python:module:function`` reads the file with the user's own function (resolved
+    against ``base_dir``, the task's folder).
+    """
     p = Path(path)
+    if is_user_code(fmt):
+        return _user_examples(p, fmt, input_field, output_field, base_dir or Path("."))
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")
     text = read_text(p)
@@ -273,4 +284,31 @@ def load_examples(path: str | Path, fmt: str = "auto", input_field: str = "input
             examples.append(ex)
     if not examples:
         raise DataError(f"{p}: no examples in the file (it is empty)", hint="add examples, one per line (JSONL) or per row (CSV)")
+    return examples
+
+
+def _user_examples(path: Path, spec: str, cin: str, cout: str, base_dir: Path) -> list[Example]:
+    """Examples from the user's reader: ``function(path)`` yields one mapping per example."""
+    read = load_function(spec, base_dir, field="data.format", what="reader")
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder", hint="check data.path (relative to task.yaml)")
+    examples = []
+    try:
+        records = list(read(path))
+    except RungwiseError:
+        raise
+    except Exception as exc:  # the user's code: say which reader failed on which file
+        raise DataError(f"{path}: the reader {spec} raised {type(exc).__name__}: {exc}",
+                        hint="fix the reader function (it receives the data path)") from exc
+    for i, rec in enumerate(records, 1):
+        where = f"{path}#{i}"
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: the reader {spec} yielded {type(rec).__name__}, not a mapping",
+                            hint="yield one dict per example, e.g. {'input': ..., 'output': ...}")
+        ex = _from_plain(rec, str(rec.pop("source", where)), cin, cout)
+        if not ex.output.strip():
+            raise DataError(f"{ex.source}: field '{cout}' is empty", hint="give the expected output, or drop the example")
+        examples.append(ex)
+    if not examples:
+        raise DataError(f"{path}: the reader {spec} yielded no examples", hint="check the reader and the data path")
     return examples

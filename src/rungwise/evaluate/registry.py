@@ -9,10 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from rungwise.errors import ConfigError
 from rungwise.evaluate.metrics import Metric, MetricContext
 from rungwise.registry import METRICS, UnknownName
 from rungwise.types import Example
+from rungwise.usercode import load_function
 
 
 def metric_names() -> list[str]:
@@ -112,55 +109,5 @@ class PythonMetric(Metric):
 
 
 def _load_python_metric(name: str, options: dict[str, Any], base_dir: Path) -> PythonMetric:
-    parts = name.split(":")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise ConfigError(
-            f"field 'metric.name': {name!r} is not of the form python:module:function",
-            hint="e.g. python:my_metrics:score, with my_metrics.py next to task.yaml",
-        )
-    _, mod_name, fn_name = parts
-    try:
-        if mod_name.endswith(".py"):
-            path = Path(mod_name).expanduser()
-            path = path if path.is_absolute() else base_dir / path
-            if not path.is_file():
-                raise ConfigError(
-                    f"field 'metric.name': metric file {path} not found",
-                    hint="give the file path relative to task.yaml",
-                )
-            mod_spec = importlib.util.spec_from_file_location(f"rungwise_user_metric_{path.stem}", path)
-            assert mod_spec is not None and mod_spec.loader is not None
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            # The task's directory goes on sys.path only for the import, so a metrics module
-            # next to task.yaml works without installing it and without changing global state.
-            added = str(base_dir.resolve()) not in sys.path
-            if added:
-                sys.path.insert(0, str(base_dir.resolve()))
-            try:
-                module = importlib.import_module(mod_name)
-            finally:
-                if added:
-                    sys.path.remove(str(base_dir.resolve()))
-    except ConfigError:
-        raise
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"field 'metric.name': cannot import module {mod_name!r} ({exc})",
-            hint=f"put {mod_name.replace('.', '/')}.py next to task.yaml, install its package, or add its "
-            "directory to PYTHONPATH",
-        ) from None
-    except Exception as exc:  # a syntax error or a failing import inside the user's module
-        raise ConfigError(
-            f"field 'metric.name': importing {mod_name!r} failed: {type(exc).__name__}: {exc}",
-            hint="fix the error in the metric module",
-        ) from None
-    fn = getattr(module, fn_name, None)
-    if fn is None or not callable(fn):
-        funcs = sorted(n for n, o in vars(module).items() if inspect.isfunction(o) and not n.startswith("_"))
-        raise ConfigError(
-            f"field 'metric.name': module {mod_name!r} has no function {fn_name!r}",
-            hint=f"functions there: {', '.join(funcs) or 'none'}",
-        )
+    fn = load_function(name, base_dir, field="metric.name", what="metric")
     return PythonMetric(name, fn, dict(options))

@@ -16,8 +16,10 @@ from rungwise.config.task import label_lookalike
 from rungwise.data.audit import _near, _pii, _poison, _shapes, _tokens
 from rungwise.data.audit._records import ERROR, INFO, WARNING, ReadResult, Row, read_file, rows_from_examples
 from rungwise.data.audit._report import AuditReport, Band, Finding
+from rungwise.data.loaders import load_examples
 from rungwise.data.split import normalize_text
 from rungwise.types import Example
+from rungwise.usercode import is_user_code
 
 # What a line with the problem is, for the finding's headline ("3 lines are not valid JSON").
 _FORMAT_TITLES = {
@@ -718,6 +720,13 @@ def audit(
         data = task.resolve(task.data.train or task.data.path)
     if test is None and task is not None and task.data.test:
         test = task.resolve(task.data.test)
+    if is_user_code(fmt):
+        # The user's own reader turns the files into examples; the audit checks those examples.
+        base = task.base_dir if task is not None else Path(".")
+        if isinstance(data, (str, Path)):
+            data = load_examples(data, fmt, cin, cout, base_dir=base)
+        if isinstance(test, (str, Path)):
+            test = load_examples(test, fmt, cin, cout, base_dir=base)
 
     t0 = time.perf_counter()
     if isinstance(data, (str, Path)):
