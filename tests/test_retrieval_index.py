@@ -7,7 +7,6 @@ packaged all-MiniLM-L6-v2 on a dozen short texts.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from rungwise.retrieval import (
     stores,
 )
 from rungwise.retrieval.fusion import fuse
+from rungwise.retrieval.knowledge_base import load_chunks
 from rungwise.types import Chat, Example
 
 DOCS = {
@@ -249,6 +249,4 @@ def test_real_model_end_to_end(tmp_path: Path) -> None:
 
 def test_saved_chunks_round_trip(tmp_path: Path) -> None:
     kb = KnowledgeBase.open(write_docs(tmp_path), RetrieverSpec(mode="bm25"))
-    saved = [json.loads(line) for line in (kb.directory / "chunks.jsonl").read_text().splitlines()]
-    assert [s["id"] for s in saved] == [c.id for c in kb.chunks]
-    assert saved[0]["doc_id"] == kb.chunks[0].doc_id and saved[0]["text"] == kb.chunks[0].text
+    assert load_chunks(kb.directory) == kb.chunks

@@ -101,6 +101,6 @@ class RetrieverSpec(Strict):
         "inverted lists live on disk (memory-mapped), for corpora larger than memory; approximate.",
     )
     ivf_nlist: int | None = Field(
-        None, gt=0, description="faiss_ivf: number of clusters (default 4 x sqrt(chunks), at most chunks / 39)."
+        None, gt=0, description="faiss_ivf: number of clusters (default sqrt(chunks), at most chunks / 39)."
     )
     ivf_nprobe: int = Field(32, gt=0, description="faiss_ivf: clusters searched per query (more: slower, closer to exact).")

@@ -363,6 +363,16 @@ def _write_chunks(directory: Path, chunks: list[Chunk]) -> None:
             f.write(json.dumps(asdict(c), ensure_ascii=False) + "\n")
 
 
+def load_chunks(index_dir: Path) -> list[Chunk]:
+    """The chunks saved with an index (``KnowledgeBase.directory``): chunk texts by id without the source.
+
+    Example:
+        >>> {c.id: c.text for c in load_chunks(kb.directory)}  # doctest: +SKIP
+    """
+    rows = [json.loads(line) for line in (index_dir / "chunks.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [Chunk(**{**r, "headings": tuple(r["headings"])}) for r in rows]
+
+
 def _touch(directory: Path) -> None:
     os.utime(directory)
 

@@ -120,8 +120,13 @@ class FaissIvfStore:
 
     @staticmethod
     def default_nlist(n: int) -> int:
-        """4 x sqrt(n) clusters (FAISS's guideline), with at least 39 training vectors per cluster."""
-        return max(1, min(int(4 * math.sqrt(n)), n // 39))
+        """sqrt(n) clusters, with at least 39 training vectors each (FAISS's minimum).
+
+        FAISS suggests 4-16 x sqrt(n) for very large corpora; sqrt(n) keeps k-means training short on
+        2 cores (about 50,000 training vectors at 1M chunks), and 32 probed clusters still read only
+        3% of a 1M-chunk index per query.
+        """
+        return max(1, min(int(math.sqrt(n)), n // 39))
 
     @classmethod
     def build(
