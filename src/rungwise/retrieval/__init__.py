@@ -6,8 +6,8 @@ where they are used; they come with ``pip install 'rungwise[rag]'``.
 Example:
     >>> from rungwise.config.knowledge import KnowledgeSpec, RetrieverSpec
     >>> kb = KnowledgeBase.open(KnowledgeSpec(path="docs"), RetrieverSpec(k=3))  # doctest: +SKIP
-    >>> hits = kb.search("How long do refunds take?")
-    >>> [h.trace() for h in hits]  # ids, fused score, per-retriever [rank, score]
+    >>> hits = kb.search("How long do refunds take?")  # doctest: +SKIP
+    >>> [h.trace() for h in hits]  # ids, fused score, per-retriever [rank, score]  # doctest: +SKIP
 """
 
 from rungwise.retrieval.chunking import Chunk, chunk_document, chunk_documents

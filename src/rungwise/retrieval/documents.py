@@ -6,7 +6,7 @@ chunker); plain text must be UTF-8. Every problem names the file (and line) and 
 Example:
     >>> from rungwise.config.knowledge import KnowledgeSpec
     >>> docs = load_documents(KnowledgeSpec(path="kb/"), base_dir=Path("."))  # doctest: +SKIP
-    >>> docs[0].id, docs[0].source
+    >>> docs[0].id, docs[0].source  # doctest: +SKIP
     ('faq/refunds.md', 'kb/faq/refunds.md')
 """
 

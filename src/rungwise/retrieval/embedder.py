@@ -3,7 +3,7 @@ otherwise, and a cache keyed by content hash so that only changed chunks are emb
 
 Example:
     >>> emb = load_embedder("all-MiniLM-L6-v2")  # doctest: +SKIP
-    >>> emb.encode(["a cat", "a dog"]).shape
+    >>> emb.encode(["a cat", "a dog"]).shape  # doctest: +SKIP
     (2, 384)
 """
 
@@ -116,7 +116,7 @@ class EmbeddingCache:
 
     Example:
         >>> cache = EmbeddingCache(Path("/tmp/emb.sqlite"))  # doctest: +SKIP
-        >>> vecs, computed = cache.embed(embedder, ["a cat", "a dog"])
+        >>> vecs, computed = cache.embed(embedder, ["a cat", "a dog"])  # doctest: +SKIP
     """
 
     def __init__(self, path: Path) -> None:

@@ -7,7 +7,7 @@ then stands for its document).
 
 Example:
     >>> ev = evaluate_retrieval(kb, examples, modes=("bm25", "dense", "fused"))  # doctest: +SKIP
-    >>> ev.scores["fused"].recall[5], ev.scores["fused"].mrr
+    >>> ev.scores["fused"].recall[5], ev.scores["fused"].mrr  # doctest: +SKIP
     (0.96, 0.88)
 """
 

@@ -16,7 +16,7 @@ Layout::
 
 Example:
     >>> kb = KnowledgeBase.open(KnowledgeSpec(path="docs"), RetrieverSpec(), base_dir=Path("."))  # doctest: +SKIP
-    >>> [(h.doc_id, round(h.score, 2)) for h in kb.search("how long do refunds take?", k=2)]
+    >>> [(h.doc_id, round(h.score, 2)) for h in kb.search("how long do refunds take?", k=2)]  # doctest: +SKIP
     [('refunds.md', 1.0), ('shipping.md', 0.31)]
 """
 

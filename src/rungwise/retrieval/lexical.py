@@ -4,7 +4,7 @@ re-indexed whole (2,067 SQuAD paragraphs take about a second).
 
 Example:
     >>> index = Bm25Index.build(["a cat purrs", "a dog barks"])  # doctest: +SKIP
-    >>> index.search("cats", 1)
+    >>> index.search("cats", 1)  # doctest: +SKIP
     (array([0]), array([0.46], dtype=float32))
 """
 

@@ -13,7 +13,7 @@ memory at once while building (the on-disk one reads them twice: once to sample 
 
 Example:
     >>> store = build_store("memory", lambda: iter([vecs]), n=len(vecs), dim=384, directory=d)  # doctest: +SKIP
-    >>> rows, scores = store.search(query_vecs, 10)
+    >>> rows, scores = store.search(query_vecs, 10)  # doctest: +SKIP
 """
 
 from __future__ import annotations
