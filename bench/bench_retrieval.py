@@ -21,7 +21,7 @@ Measured, in one run on this machine:
   recall@10 against exact search. Embedding 1M chunks with MiniLM on 2 cores would take hours,
   so the scaling uses generated vectors; the measured embedding throughput is reported beside it.
 
-    python bench/bench_retrieval.py              # everything; writes the "retrieval" section
+    python bench/bench_retrieval.py              # everything; writes the "retrieval" and "retrieval-scale" sections
     python bench/bench_retrieval.py --all-options  # also the options that re-embed every chunk (slow)
     python bench/bench_retrieval.py --quick      # no re-embedding options, scaling to 100k (not written)
 """
@@ -32,11 +32,11 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -281,11 +281,26 @@ def scale_child(kind: str, n: int, directory: Path, phase: str) -> dict[str, flo
     from rungwise.retrieval import stores
 
     if phase == "build":
+        peak_anon = [0]
+        done = threading.Event()
+
+        def watch() -> None:  # /proc has no peak of the process's own memory: sample it
+            while not done.wait(0.05):
+                peak_anon[0] = max(peak_anon[0], memory_kib()["RssAnon"])
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         t = time.perf_counter()
         stores.build_store(kind, lambda: generated_batches(n), n=n, dim=DIM, directory=directory)  # type: ignore[arg-type]
         result = {"build_s": time.perf_counter() - t}
+        done.set()
+        watcher.join()
+        result["anon_peak_mib"] = peak_anon[0] / 1024
     else:
-        queries = scale_queries(n)
+        # Queries come from a file the parent wrote: generating them here would leave freed
+        # temporaries in this process's heap and blur what the store itself adds.
+        queries = np.load(directory.parent / f"queries-{n}.npy")
+        before = memory_kib()
         t = time.perf_counter()
         store = stores.load_store(kind, directory)  # type: ignore[arg-type]
         load_s = time.perf_counter() - t
@@ -295,7 +310,15 @@ def scale_child(kind: str, n: int, directory: Path, phase: str) -> dict[str, flo
             rows, _ = store.search(q[None, :], 10)
             times.append(time.perf_counter() - t)
             found.append(rows[0])
-        result = {"load_s": load_s, "p50_ms": statistics.median(times) * 1000}
+        after = memory_kib()
+        result = {
+            "load_s": load_s,
+            "p50_ms": statistics.median(times) * 1000,
+            # what loading and searching added: the process's own memory, and mapped file pages
+            # (the OS page cache: shared, dropped under memory pressure)
+            "anon_mib": (after["RssAnon"] - before["RssAnon"]) / 1024,
+            "file_mib": (after["RssFile"] - before["RssFile"]) / 1024,
+        }
         if kind == "faiss_ivf":  # recall@10 against exact search, computed batch by batch
             best = np.full((len(queries), 10), -np.inf, dtype=np.float32)
             ids = np.zeros((len(queries), 10), dtype=np.int64)
@@ -306,16 +329,19 @@ def scale_child(kind: str, n: int, directory: Path, phase: str) -> dict[str, flo
                 top = np.argpartition(-allv, 9, axis=1)[:, :10]
                 best, ids = np.take_along_axis(allv, top, 1), np.take_along_axis(alli, top, 1)
             result["recall10"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, ids, strict=True)]))
-    result["peak_rss_mib"] = peak_rss_mib()
+    result["peak_rss_mib"] = memory_kib()["VmHWM"] / 1024
     return result
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss it restarts at exec, not at fork)."""
+def memory_kib() -> dict[str, int]:
+    """Memory figures of this process from /proc (KiB): VmHWM is the peak resident set (unlike
+    ru_maxrss it restarts at exec, not at fork); RssAnon its own memory; RssFile mapped file pages."""
+    fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "RssAnon", "RssFile"):
+            fields[key] = int(value.split()[0])
+    return fields
 
 
 def run_child(kind: str, n: int, directory: Path, phase: str) -> dict[str, float]:
@@ -334,14 +360,18 @@ def scale_section(throughput: float, quick: bool, sizes: Sequence[int] | None = 
     out = [
         f"Generated unit vectors of all-MiniLM-L6-v2's dimension ({DIM}), clustered around 2,000 centres; "
         f"{LATENCY_QUERIES} queries near stored vectors, k=10, one query at a time. Build and search run in separate "
-        "processes, so each peak memory (max RSS, Python and numpy included) is that step's alone. "
+        "processes: *build peak* is the building process's peak own memory (sampled every 50 ms; in brackets its peak "
+        "resident set, mapped files included), Python and numpy included; "
+        "*search memory* is what opening the store and answering the queries added to the searching process, "
+        "its own memory + mapped index pages (the OS page cache: shared, and dropped under memory pressure). "
         f"Embedding real chunks runs at {throughput:.1f} chunks/s here, so real corpora of these sizes would "
         f"first spend {duration(sizes[0] / throughput)} to {duration(sizes[-1] / throughput)} embedding.",
         "",
-        "| chunks | store | build | build peak memory | load | search peak memory | p50 query | recall@10 vs exact | on disk |",
+        "| chunks | store | build | build peak | load | search memory | p50 query | recall@10 vs exact | on disk |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in sizes:
+        np.save(tmp / f"queries-{n}.npy", scale_queries(n))
         for kind in ("memory", "faiss_ivf"):
             d = tmp / f"{kind}-{n}"
             b = run_child(kind, n, d, "build")
@@ -349,8 +379,8 @@ def scale_section(throughput: float, quick: bool, sizes: Sequence[int] | None = 
             disk = sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) / 2**20
             recall = f"{q['recall10']:.3f}" if "recall10" in q else "1 (exact)"
             out.append(
-                f"| {n:,} | {kind} | {b['build_s']:.1f} s | {b['peak_rss_mib']:,.0f} MiB | {q['load_s']:.2f} s | "
-                f"{q['peak_rss_mib']:,.0f} MiB | {q['p50_ms']:.1f} ms | {recall} | {disk:,.0f} MiB |"
+                f"| {n:,} | {kind} | {b['build_s']:.1f} s | {b['anon_peak_mib']:,.0f} MiB ({b['peak_rss_mib']:,.0f}) | {q['load_s']:.2f} s | "
+                f"{q['anon_mib']:,.0f} + {q['file_mib']:,.0f} MiB | {q['p50_ms']:.1f} ms | {recall} | {disk:,.0f} MiB |"
             )
             print(out[-1], flush=True)
             subprocess.run(["rm", "-rf", str(d)], check=True)
@@ -361,8 +391,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip re-embedding options and the 1M size; do not write")
     parser.add_argument("--scale-child", nargs=4, metavar=("KIND", "N", "DIR", "PHASE"), help=argparse.SUPPRESS)
-    parser.add_argument("--skip-squad", action="store_true", help="only the scaling table (with --throughput)")
-    parser.add_argument("--throughput", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-squad", action="store_true", help="only the scaling section")
+    parser.add_argument("--throughput", type=float, default=0.0, help="with --skip-squad: chunks/s, for the text")
     parser.add_argument("--all-options", action="store_true", help="also the options that re-embed every chunk")
     parser.add_argument("--articles", type=int, help="only the first N articles of each file (a check; not written)")
     parser.add_argument("--sizes", type=int, nargs="+", help="scaling sizes (a check; not written)")
@@ -371,28 +401,25 @@ def main() -> None:
         kind, n, directory, phase = args.scale_child
         print(json.dumps(scale_child(kind, int(n), Path(directory), phase)))
         return
-    load = os.getloadavg()[0]
-    squad, throughput = ([], args.throughput) if args.skip_squad else squad_section(args.quick, args.articles, args.all_options)
+    check = args.quick or args.articles or args.sizes
+    header = f"({today()}; {machine()}; shared with other jobs, load average {os.getloadavg()[0]:.1f} at the start)."
+    throughput = args.throughput
+    if not args.skip_squad:
+        squad, throughput = squad_section(args.quick, args.articles, args.all_options)
+        body = ["## retrieval: SQuAD v1.1 dev", "", f"`python bench/bench_retrieval.py` {header}", "", *squad]
+        publish("retrieval", body, check)
+    header = f"({today()}; {machine()}; shared with other jobs, load average {os.getloadavg()[0]:.1f} at the start)."
     scale = scale_section(throughput, args.quick, args.sizes)
-    body = [
-        "## retrieval: SQuAD v1.1 dev, and the vector stores at scale",
-        "",
-        f"`python bench/bench_retrieval.py` ({today()}; {machine()}; shared with other jobs, load average "
-        f"{load:.1f} at the start).",
-        "",
-        "### Retrieval quality and speed",
-        "",
-        *squad,
-        "",
-        "### Scaling of the vector stores",
-        "",
-        *scale,
-    ]
-    if args.quick or args.skip_squad or args.articles or args.sizes:
-        print("\n".join(body))
+    body = ["## retrieval-scale: the vector stores up to 1M chunks", "", f"`python bench/bench_retrieval.py` {header}", "", *scale]
+    publish("retrieval-scale", body, check)
+
+
+def publish(section: str, lines: list[str], check: bool) -> None:
+    if check:
+        print("\n".join(lines))
     else:
-        write_section("retrieval", "\n".join(body))
-        print("wrote the retrieval section of BENCHMARKS.md")
+        write_section(section, "\n".join(lines))
+        print(f"wrote the {section} section of BENCHMARKS.md")
 
 
 if __name__ == "__main__":

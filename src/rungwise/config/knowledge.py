@@ -48,7 +48,8 @@ class KnowledgeSpec(Strict):
         0,
         ge=0,
         description="Tokens repeated between neighbouring chunks of one section, so a fact cut at a boundary is "
-        "still whole in one chunk. 0 (the measured best on SQuAD paragraphs) keeps chunks disjoint.",
+        "still whole in one chunk. 0 keeps chunks disjoint: on SQuAD an overlap of 40 moved fused recall@5 by "
+        "+0.002 for 8% more chunks to embed.",
     )
 
     @model_validator(mode="after")
