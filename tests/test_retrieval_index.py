@@ -102,6 +102,19 @@ def test_damaged_index_is_detected_and_rebuilt(tmp_path: Path, caplog: pytest.Lo
     assert KnowledgeBase.open(spec, retriever, embedder=HashingEmbedder()).stats.rebuilt == ["bm25"]
 
 
+def test_damaged_embedding_cache_is_set_aside(
+    tmp_path: Path, rungwise_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = rungwise_home / "retrieval" / "embeddings.sqlite"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"this is not a SQLite database, it is garbage" * 100)
+    with caplog.at_level(logging.WARNING):
+        kb = KnowledgeBase.open(write_docs(tmp_path), RetrieverSpec(mode="dense"), embedder=HashingEmbedder())
+    assert "embedding cache" in caplog.text and "damaged" in caplog.text
+    assert cache.with_suffix(".damaged").exists() and kb.stats.embedded == 5
+    assert kb.search("forgotten password", k=1)[0].doc_id == "accounts.md"
+
+
 def test_editing_one_document_embeds_only_its_chunks(tmp_path: Path) -> None:
     spec = write_docs(tmp_path)
     first = HashingEmbedder()

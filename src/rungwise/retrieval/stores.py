@@ -93,7 +93,7 @@ class MemoryStore:
         return cls.load(directory)
 
     @classmethod
-    def load(cls, directory: Path, nprobe: int = 0) -> MemoryStore:
+    def load(cls, directory: Path) -> MemoryStore:
         vectors = np.load(directory / cls.FILE, allow_pickle=False)
         check_fits_in_memory(*vectors.shape)
         return cls(vectors)
