@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -250,6 +251,7 @@ def squad_section(quick: bool, articles: int | None = None, all_options: bool = 
         "|---|---|---|---|",
         *("| " + " | ".join(r) + " |" for r in [row("**default** (above)", ev), *sweep]),
     ]
+    shutil.rmtree(tmp, ignore_errors=True)
     return out, throughput
 
 
@@ -383,7 +385,8 @@ def scale_section(throughput: float, quick: bool, sizes: Sequence[int] | None = 
                 f"{q['anon_mib']:,.0f} + {q['file_mib']:,.0f} MiB | {q['p50_ms']:.1f} ms | {recall} | {disk:,.0f} MiB |"
             )
             print(out[-1], flush=True)
-            subprocess.run(["rm", "-rf", str(d)], check=True)
+            shutil.rmtree(d)
+    shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
