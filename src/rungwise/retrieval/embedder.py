@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from rungwise._deps import require
+from rungwise.models import check_model_loads_allowed
 from rungwise.config.knowledge import DEFAULT_EMBEDDING_MODEL
 from rungwise.errors import ConfigError
 
@@ -75,6 +76,7 @@ class SentenceEmbedder:
     """
 
     def __init__(self, model_dir: Path, *, batch_size: int = 32, device: str | None = None) -> None:
+        check_model_loads_allowed(f"the embedding model {model_dir.name}")
         st = require("sentence_transformers")
         self.model = st.SentenceTransformer(str(model_dir), device=device, local_files_only=True)
         self.batch_size = batch_size
