@@ -235,3 +235,21 @@ def test_resume_refuses_another_limit(tmp_path: Path) -> None:
         climb(task, resume=True, limit=5)
     res = climb(task, resume=True)  # the same (no) limit resumes
     assert res.n_test == len(res.rungs[0].scores)
+
+
+def test_a_variant_climbs_the_same_rung_under_its_own_name_and_settings(tmp_path: Path) -> None:
+    from rungwise.climb import load_climb
+
+    task = load_task(write_task(tmp_path, rungs={"order": ["few_shot", "few_shot_2"], "few_shot": {"k": 4},
+                                                 "few_shot_2": {"use": "few_shot", "k": 2}}))
+    res = climb(task, all_rungs=True)
+    assert [r.rung for r in res.rungs] == ["few_shot", "few_shot_2"]
+    assert [len(r.artifact["prompt"]["demos"]) for r in res.rungs] == [4, 2]
+    again = load_climb(res.run_id)  # the stored config (with `use`) validates again
+    assert [r.rung for r in again.rungs] == ["few_shot", "few_shot_2"]
+    with pytest.raises(ConfigError, match="unknown rung 'fewshot'"):
+        load_task(write_task(tmp_path, rungs={"order": ["v"], "v": {"use": "fewshot"}}))
+    with pytest.raises(ConfigError, match="'zero_shot' is a rung of its own"):
+        load_task(write_task(tmp_path, rungs={"order": ["zero_shot"], "zero_shot": {"use": "few_shot"}}))
+    with pytest.raises(ConfigError, match=r"rungs.v.kk"):
+        load_task(write_task(tmp_path, rungs={"order": ["v"], "v": {"use": "few_shot", "kk": 2}}))

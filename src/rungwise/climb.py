@@ -36,7 +36,7 @@ from rungwise.evaluate.registry import get_metric
 from rungwise.evaluate.scores import ScoreSet
 from rungwise.evaluate.stats import bootstrap_ci, paired_test, percentile
 from rungwise.registry import RUNGS, UnknownName
-from rungwise.rungs import BackendPool, Prepared, Rung, RungSkipped, Workspace, get_rung
+from rungwise.rungs import BackendPool, Prepared, Rung, RungSkipped, Scored, Workspace, get_rung
 from rungwise.store import Store
 from rungwise.types import (
     PROMPT,
@@ -186,7 +186,7 @@ def climb(
     store = store or Store()
     _check_target(task)
     order = list(rungs or task.rungs.order)
-    rung_objs = [get_rung(n) for n in order]  # unknown rung names fail before any work
+    rung_objs = [get_rung(n, task) for n in order]  # unknown rung names fail before any work
     metric = get_metric(task.metric, task.labels, task.base_dir)
     split = load_split(task)
     config_hash = task.config_hash()
@@ -282,11 +282,12 @@ def _climb_rungs(plan: _Plan, store: Store, reporter: Reporter, backend: Backend
             )
             gen_seconds = float(store.rung(rung_id)["gen_seconds"])
             result = _rung_result(rung, rows, scoreset, task, gen_seconds, prepared)
-            result.failures = diagnose(scoreset, [json.loads(r["trace_json"] or "{}") for r in rows]).as_dict()
+            traces = [json.loads(r["trace_json"] or "{}") for r in rows]
+            result.failures = diagnose(scoreset, traces).as_dict()
             result.id = rung_id
             if prev is not None:
                 result.comparison = paired_test(scoreset, prev[1], a_name=name, b_name=prev[0], seed=task.data.seed)
-            rung.finalize(workspace.context(name), prepared, result, results)
+            rung.finalize(workspace.context(name), prepared, result, results, Scored(test, traces))
             for key, value in _from_artifact(prepared).items():
                 setattr(result, key, value)
             store.set_rung_artifact(rung_id, result.artifact)

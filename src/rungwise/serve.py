@@ -598,7 +598,7 @@ def prepared_for(task: "Task", rung: str = "zero_shot", run_id: int | str | None
     from rungwise.rungs import BackendPool, get_rung
     from rungwise.store import Store
 
-    rung_obj = get_rung(rung)
+    rung_obj = get_rung(rung, task)
     split = load_split(task)
     ws = Workspace(task, split.train, BackendPool(task.model.build))
     try:

@@ -21,9 +21,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SerializeAsAny,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -31,6 +33,7 @@ from pydantic_core import PydanticCustomError
 from rungwise.config.base import Strict
 from rungwise.config.economics import EconomicsSpec
 from rungwise.config.factors import DecisionFactors
+from rungwise.config.knowledge import KnowledgeSpec
 from rungwise.config.model import ModelSpec, model_spec_from
 from rungwise.errors import ConfigError
 from rungwise.registry import RUNGS
@@ -180,11 +183,14 @@ class RungsSpec(Strict):
 
     Every key besides ``order`` is a rung's section, validated by the config model that rung
     registers (``rungs.few_shot: {k: 8}``); ``rungwise rungs`` lists the rungs and their settings.
+    A section with ``use: <rung>`` is a *variant*: the same rung under another name with other
+    settings, so one ladder can hold both (``rag_dense: {use: rag, mode: dense}``).
     """
 
     model_config = ConfigDict(extra="allow")
 
     order: list[str] = Field(default_factory=lambda: ["zero_shot", "few_shot"], description="Rungs in climbing order.")
+    _variants: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("order")
     @classmethod
@@ -194,29 +200,57 @@ class RungsSpec(Strict):
     @model_validator(mode="after")
     def _sections(self) -> RungsSpec:
         errors: list[Any] = []
-        for i, name in enumerate(self.order):
-            if name not in RUNGS:
-                errors.append(_line_error(("order", i), f"unknown rung {name!r}; use one of: {', '.join(RUNGS.names())}",
-                                          name))
         extra = self.__pydantic_extra__ or {}
         for name, raw in list(extra.items()):
-            if name not in RUNGS:
-                errors.append(_line_error((name,), f"unknown rung section {name!r}; sections are named after rungs: "
-                                          f"{', '.join(RUNGS.names())}", raw))
+            base = name
+            if isinstance(raw, dict) and "use" in raw:
+                raw = {k: v for k, v in raw.items() if k != "use"}
+                base = str(extra[name]["use"])
+                if name in RUNGS:
+                    errors.append(_line_error((name, "use"), f"{name!r} is a rung of its own; name the variant "
+                                              "differently", base))
+                    continue
+                if base not in RUNGS:
+                    errors.append(_line_error((name, "use"), f"unknown rung {base!r}; use one of: "
+                                              f"{', '.join(RUNGS.names())}", base))
+                    continue
+                self._variants[name] = base
+            elif name not in RUNGS:
+                errors.append(_line_error((name,), f"unknown rung section {name!r}; sections are named after rungs "
+                                          f"({', '.join(RUNGS.names())}), or are variants with `use: <rung>`", raw))
                 continue
-            config_cls = RUNGS.get(name).Config
             try:
-                extra[name] = config_cls.model_validate({} if raw is None else raw)
+                extra[name] = RUNGS.get(base).Config.model_validate({} if raw is None else raw)
             except ValidationError as exc:
                 errors += [{**e, "loc": (name, *e["loc"])} for e in exc.errors(include_url=False)]
+        for i, name in enumerate(self.order):
+            if name not in RUNGS and name not in self._variants:
+                errors.append(_line_error(("order", i), f"unknown rung {name!r}; use one of: {', '.join(RUNGS.names())}, "
+                                          "or define it as a variant (a section with `use: <rung>`)", name))
         if errors:
             raise ValidationError.from_exception_data("RungsSpec", errors)
         return self
 
+    @model_serializer(mode="wrap")
+    def _with_use(self, handler: Any) -> Any:
+        data = handler(self)
+        for name, base in self._variants.items():
+            if isinstance(data.get(name), dict):
+                data[name] = {"use": base, **data[name]}
+        return data
+
+    def base(self, name: str) -> str:
+        """The registered rung that ``name`` is (itself, or the rung a variant uses)."""
+        return self._variants.get(name, name)
+
+    def rung_class(self, name: str) -> Any:
+        """The rung class that climbs ``name`` (a ConfigError names the valid rungs)."""
+        return RUNGS.get(self.base(name))
+
     def section(self, name: str) -> Any:
         """The validated settings of rung ``name`` (its config model's defaults when the section is absent)."""
         got = (self.__pydantic_extra__ or {}).get(name)
-        return got if got is not None else RUNGS.get(name).Config()
+        return got if got is not None else self.rung_class(name).Config()
 
 
 def _line_error(loc: tuple[Any, ...], message: str, value: Any) -> Any:
@@ -242,6 +276,11 @@ class Task(Strict):
         default_factory=EconomicsSpec,
         description="How to price the rungs: daily volume, hosted price model, self-hosting GPU, labeling and "
         "retraining costs, your own prices (see `rungwise prices`).",
+    )
+    knowledge: KnowledgeSpec | None = Field(
+        None,
+        description="The documents retrieval rungs search (rag, hybrid): a folder of .md/.txt/.html/.pdf files or a "
+        "JSONL of {id, title, text}, with chunking settings (see docs/retrieval.md).",
     )
     factors: DecisionFactors = Field(
         default_factory=DecisionFactors,
@@ -291,6 +330,16 @@ class Task(Strict):
             if problem:
                 raise ValueError(f"{v!r} {problem}")
         return v
+
+    @model_validator(mode="after")
+    def _knowledge_for_retrieval(self) -> Task:
+        retrieving = [n for n in self.rungs.order if self.rungs.rung_class(n).kind.retrieves]
+        if retrieving and self.knowledge is None:
+            raise ValueError(
+                f"rungs {', '.join(retrieving)} retrieve from a knowledge source, but the task has none: add "
+                "`knowledge: {path: docs/}` (a folder of documents or a JSONL of {id, title, text})"
+            )
+        return self
 
     @property
     def parsed_target(self) -> Target | None:

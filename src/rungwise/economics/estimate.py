@@ -31,7 +31,7 @@ def estimate_profiles(task: Task, *, max_examples: int = 200) -> tuple[list[Toke
     notes: list[str] = []
     with Workspace(task, split.train, BackendPool(_no_backend)) as ws:
         for name in task.rungs.order:
-            rung = get_rung(name)
+            rung = get_rung(name, task)
             est = rung.estimate(ws.context(name), sample)
             if est is None:
                 notes.append(f"{name}: its tokens depend on what it builds; climb to measure them")

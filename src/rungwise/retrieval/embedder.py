@@ -19,9 +19,9 @@ from typing import Protocol
 import numpy as np
 
 from rungwise._deps import require
-from rungwise.models import check_model_loads_allowed
 from rungwise.config.knowledge import DEFAULT_EMBEDDING_MODEL
 from rungwise.errors import ConfigError
+from rungwise.models import check_model_loads_allowed
 
 log = logging.getLogger(__name__)
 

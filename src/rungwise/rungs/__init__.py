@@ -22,6 +22,7 @@ from rungwise.rungs.base import (
     RungArtifact,
     RungContext,
     RungSkipped,
+    Scored,
 )
 from rungwise.rungs.workspace import Workspace, get_rung, read_artifact
 
@@ -35,6 +36,7 @@ __all__ = [
     "RungArtifact",
     "RungContext",
     "RungSkipped",
+    "Scored",
     "Workspace",
     "get_rung",
     "read_artifact",

@@ -41,14 +41,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
 from rungwise.backends.base import Backend, ProgressFn
 from rungwise.config.base import Strict
+from rungwise.config.knowledge import RetrieverSpec
 from rungwise.config.task import Task
-from rungwise.errors import RungwiseError
+from rungwise.errors import ConfigError, RungwiseError
 from rungwise.prompting import PromptTemplate, chat_tokens_estimate, count_tokens_estimate, system_prompt
 from rungwise.types import (
     PROMPT,
@@ -62,6 +63,9 @@ from rungwise.types import (
     TokenEstimate,
     TrainingRecord,
 )
+
+if TYPE_CHECKING:
+    from rungwise.retrieval.knowledge_base import KnowledgeBase
 
 
 class NoConfig(Strict):
@@ -136,6 +140,16 @@ class Prepared:
 
 
 @dataclass
+class Scored:
+    """The test examples a rung was just scored on, with each one's trace: what ``finalize`` may
+    measure beyond the task metric (retrieval quality against gold ids, groundedness). The rung
+    never sees them while preparing."""
+
+    examples: Sequence[Example]
+    traces: Sequence[dict[str, Any]]
+
+
+@dataclass
 class Answer:
     """One example's answer with the prompt that was sent (stored as it was sent)."""
 
@@ -199,6 +213,16 @@ class RungContext:
     backends: BackendPool
     resolver: Callable[..., Prepared]
     quick_limit: int | None = None
+    knowledge_opener: Callable[[Any], Any] | None = None
+
+    def knowledge(self, retriever: RetrieverSpec) -> KnowledgeBase:
+        """The task's knowledge source, indexed for ``retriever`` (opened once per climb and
+        shared by every rung that retrieves with the same settings)."""
+        if self.knowledge_opener is None or self.task.knowledge is None:
+            raise ConfigError("this rung retrieves, but the task has no knowledge source",
+                              hint="add `knowledge: {path: docs/}` (a folder or a JSONL of {id, title, text}) to task.yaml")
+        kb: KnowledgeBase = self.knowledge_opener(retriever)
+        return kb
 
     def resolve(self, name: str, *, build: bool = True) -> Prepared:
         """The prepared rung ``name`` of this climb (prepared once, then shared), or its stored
@@ -270,10 +294,11 @@ class Rung(ABC):
         return out
 
     def finalize(  # noqa: B027 - an optional hook, empty by default
-        self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult]
+        self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult], scored: Scored
     ) -> None:
-        """Optional hook after scoring (e.g. write a model card with the measured metrics).
-        ``previous`` holds the rung results already measured in this climb."""
+        """Optional hook after scoring (write a model card with the measured metrics, measure
+        retrieval against gold ids). ``previous`` holds the rung results already measured in
+        this climb; ``scored`` the test examples and their traces."""
 
 
 def base_system(task: Task) -> str:

@@ -24,6 +24,7 @@ from rungwise.rungs.base import (
     Rung,
     RungArtifact,
     RungContext,
+    Scored,
     base_system,
     estimate_template,
 )
@@ -167,7 +168,8 @@ class Finetune(Rung):
             art.forgetting = fg.to_dict()
             art.forgetting_summary = fg.summary()
 
-    def finalize(self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult]) -> None:
+    def finalize(self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult],
+                 scored: Scored) -> None:
         _write_model_card(ctx, prepared, result, previous)
 
 
@@ -212,7 +214,8 @@ class FinetuneMinimal(Rung):
     def load(self, ctx: RungContext, artifact: RungArtifact) -> Prepared:
         return Finetune().load(ctx, artifact)
 
-    def finalize(self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult]) -> None:
+    def finalize(self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult],
+                 scored: Scored) -> None:
         _write_model_card(ctx, prepared, result, previous)
 
     def estimate(self, ctx: RungContext, sample: Sequence[Example]) -> TokenEstimate:

@@ -14,11 +14,12 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from rungwise import paths
+from rungwise.config.knowledge import RetrieverSpec
 from rungwise.config.task import Task
 from rungwise.data.dataset import examples_hash
 from rungwise.errors import ConfigError
@@ -26,14 +27,21 @@ from rungwise.registry import RUNGS
 from rungwise.rungs.base import BackendPool, Prepared, Rung, RungArtifact, RungContext, RungSkipped
 from rungwise.types import Example
 
+if TYPE_CHECKING:
+    from rungwise.retrieval.knowledge_base import KnowledgeBase
+
 #: Looks up the artifact a rung stored in an earlier run of the same task (None: there is none).
 StoredLookup = Callable[[str], dict[str, Any] | None]
 
 
-def get_rung(name: str) -> Rung:
-    """A registered rung, instantiated; a ConfigError names the valid ones."""
-    cls: type[Rung] = RUNGS.get(name)
-    return cls()
+def get_rung(name: str, task: Task | None = None) -> Rung:
+    """Rung ``name`` instantiated: a registered rung, or (given the task) a variant of one that the
+    task defines (``rungs.<name>: {use: <rung>, ...}``); a ConfigError names the valid ones."""
+    cls: type[Rung] = task.rungs.rung_class(name) if task is not None else RUNGS.get(name)
+    rung = cls()
+    if rung.name != name:
+        rung.name = name  # type: ignore[misc]  # a variant answers to its own name
+    return rung
 
 
 def read_artifact(rung: Rung, stored: dict[str, Any], where: str) -> RungArtifact:
@@ -81,6 +89,7 @@ class Workspace:
         self._root = root
         self._train_hash = examples_hash(train)
         self._prepared: dict[str, Prepared] = {}
+        self._knowledge: dict[str, KnowledgeBase] = {}
         self._preparing: list[str] = []
         self._contexts: dict[str, RungContext] = {}
 
@@ -103,8 +112,19 @@ class Workspace:
             self._contexts[name] = RungContext(
                 task=self.task, train=self.train, config=self.task.rungs.section(name), work_dir=self.work_dir(name),
                 backends=self.backends, resolver=self.resolve, quick_limit=self.quick_limit,
+                knowledge_opener=self.knowledge,
             )
         return self._contexts[name]
+
+    def knowledge(self, retriever: RetrieverSpec) -> KnowledgeBase:
+        """The task's knowledge source indexed for ``retriever``, opened once per setting."""
+        from rungwise.retrieval.knowledge_base import KnowledgeBase
+
+        assert self.task.knowledge is not None
+        key = retriever.model_dump_json()
+        if key not in self._knowledge:
+            self._knowledge[key] = KnowledgeBase.open(self.task.knowledge, retriever, self.task.base_dir)
+        return self._knowledge[key]
 
     # -- preparing ------------------------------------------------------------------------
     def prepare(self, name: str) -> Prepared:
@@ -116,7 +136,7 @@ class Workspace:
             raise ConfigError(f"rungs resolve each other in a cycle: {chain}", hint="a rung cannot depend on itself")
         self._preparing.append(name)
         try:
-            prepared = get_rung(name).prepare(self.context(name))
+            prepared = get_rung(name, self.task).prepare(self.context(name))
         finally:
             self._preparing.pop()
         self._prepared[name] = prepared
@@ -126,7 +146,7 @@ class Workspace:
         """Rung ``name`` rebuilt from a stored artifact (no training, no indexing)."""
         if name in self._prepared:
             return self._prepared[name]
-        rung = get_rung(name)
+        rung = get_rung(name, self.task)
         prepared = rung.load(self.context(name), read_artifact(rung, stored, where))
         self._prepared[name] = prepared
         return prepared
