@@ -17,6 +17,9 @@ _EXTRA = {
     "peft": "train",
     "fastapi": "serve",
     "uvicorn": "serve",
+    "llguidance": "local",
+    "sklearn": "classic",
+    "threadpoolctl": "classic",
 }
 
 
