@@ -125,6 +125,16 @@ def test_grammar_constraints_hold_whatever_the_model_prefers(tiny: Any, constrai
 
 
 @pytest.mark.model
+def test_greedy_choice_decodes_through_the_labels_at_generation_cost(tiny: Any) -> None:
+    b = local(tiny, batch_size=3)
+    greedy = Constraint("choice", choices=LABELS + ("a b?",), choice_method="greedy")
+    out = b.generate(chats(), GenParams(max_tokens=1, constraint=greedy))  # max_tokens raised to fit a label
+    for c in out:
+        assert c.text in greedy.choices and c.finish_reason == "stop"
+        assert c.trace == {"constraint": "choice of 5 (greedy)"}  # no per-choice scores: nothing to calibrate
+
+
+@pytest.mark.model
 def test_unconstrained_answers_are_unchanged_by_a_constrained_call(tiny: Any) -> None:
     b = local(tiny, batch_size=2)
     before = [c.text for c in b.generate(chats(), GenParams(max_tokens=8))]

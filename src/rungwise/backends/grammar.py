@@ -58,6 +58,7 @@ def grammar_for(constraint: Constraint) -> str:
         schema = json.loads(constraint.json_schema) if constraint.json_schema else ANY_OBJECT_SCHEMA
         return llg.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     # A choice as a grammar: an alternation of the literal choices (greedy decoding through it).
+    # llguidance reads Python's re.escape output as the same literals (tested with spaces, ?, -, #).
     return llg.LLMatcher.grammar_from_regex("|".join(re.escape(c) for c in constraint.choices))
 
 

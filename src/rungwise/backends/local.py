@@ -45,7 +45,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from rungwise._deps import require
@@ -394,14 +394,20 @@ class LocalBackend(Backend):
         before it), and for the whole batch as soon as every row has stopped. Under a
         ``params.constraint`` stop strings are not applied: the constraint says where the answer
         ends. A ``choice`` constraint is answered by scoring (see the module docstring), with
-        ``trace["choice_logprobs"]``: each choice's log-likelihood.
+        ``trace["choice_logprobs"]``: each choice's log-likelihood; with ``choice_method: greedy``
+        it is decoded through the choices' grammar instead (``max_tokens`` raised to fit the longest).
         """
         if not prompts:
             return []
         with self._lock:
             c = params.constraint
             if c is not None and c.kind == "choice":
-                return self._choose(prompts, c, progress)
+                if not c.choices:
+                    raise BackendError("a choice constraint needs at least one choice", hint="give the task its labels")
+                if c.choice_method == "likelihood":
+                    return self._choose(prompts, c, progress)
+                longest = max(len(self._encode(x)) for x in c.choices) + 1
+                params = replace(params, max_tokens=max(params.max_tokens, longest))
             return self._generate(prompts, params, progress)
 
     def grammar_masks(self) -> GrammarMasks:
@@ -527,8 +533,6 @@ class LocalBackend(Backend):
         ``completion_tokens`` counts the chosen answer and its end token (what generating it
         would produce); ``trace["scored_tokens"]`` is the trie size actually run through the model.
         """
-        if not constraint.choices:
-            raise BackendError("a choice constraint needs at least one choice", hint="give the task its labels")
         out = []
         for s in self._score(prompts, [constraint.choices] * len(prompts), end=True, progress=progress):
             best = max(range(len(s.scores)), key=s.scores.__getitem__)
