@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from rungwise.backends.calibration import ChoiceCalibration, content_free_prompts
+from rungwise.backends.calibration import CalibratedBackend, ChoiceCalibration, content_free_prompts
 from rungwise.backends.constraints import allows
 from rungwise.backends.openai_compat import OpenAIBackend, constraint_fields
 from rungwise.backends.scripted import ScriptedBackend
@@ -173,6 +173,10 @@ def test_contextual_calibration_subtracts_the_content_free_bias(tiny: Any) -> No
         assert c.text == max(LABELS, key=cal_scores.__getitem__)
         assert c.prompt_tokens == a.prompt_tokens and c.trace["choice_logprobs"] == a.trace["choice_logprobs"]
     assert ChoiceCalibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+    # Served calibrated: the wrapper recalibrates answers under this choice constraint only.
+    served = CalibratedBackend(b, cal)
+    assert [c.text for c in served.generate(chats(), GenParams(constraint=CHOICE))] == [c.text for c in calibrated]
+    assert served.generate(chats()[:1], GenParams(max_tokens=3))[0].text == b.generate(chats()[:1], GenParams(max_tokens=3))[0].text
 
 
 # -- the scripted test double -------------------------------------------------------------------

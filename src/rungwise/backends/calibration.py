@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rungwise.backends.base import Backend
+from rungwise.backends.base import Backend, ProgressFn
 from rungwise.errors import BackendError, Unsupported
 from rungwise.types import Chat, Completion, Constraint, GenParams, Message
 
@@ -107,3 +107,34 @@ class ChoiceCalibration:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChoiceCalibration:
         return cls(tuple(str(c) for c in d["choices"]), tuple(float(o) for o in d["offsets"]))
+
+
+class CalibratedBackend(Backend):
+    """A backend whose answers under the calibrated choice constraint are recalibrated: what a
+    calibrated rung serves (``rungwise serve`` over it), other calls pass through unchanged.
+
+    Example:
+        >>> served = CalibratedBackend(backend, cal)  # doctest: +SKIP
+        >>> create_app(served, template, "tickets", default_params=GenParams(constraint=labels))  # doctest: +SKIP
+    """
+
+    def __init__(self, inner: Backend, calibration: ChoiceCalibration) -> None:
+        self.inner = inner
+        self.calibration = calibration
+        self.model_id = inner.model_id
+
+    def generate(self, prompts: Sequence[Chat], params: GenParams, progress: ProgressFn | None = None) -> list[Completion]:
+        out = self.inner.generate(prompts, params, progress)
+        c = params.constraint
+        if c is not None and c.kind == "choice" and c.choices == self.calibration.choices:
+            return self.calibration.apply(out)
+        return out
+
+    def loglikelihood(self, prompts: Sequence[Chat], choices: Sequence[Sequence[str]]) -> list[list[float]]:
+        return self.inner.loglikelihood(prompts, choices)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def close(self) -> None:
+        self.inner.close()

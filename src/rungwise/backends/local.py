@@ -40,11 +40,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -423,9 +424,11 @@ class LocalBackend(Backend):
         torch = self.torch
         transformers = require("transformers")
         constraint = params.constraint
-        masks = self.grammar_masks() if constraint is not None else None
-        if masks is not None and constraint is not None:
+        grammar_processor: Callable[[int], Any] | None = None  # rows -> a fresh mask processor
+        if constraint is not None:
+            masks = self.grammar_masks()
             masks.check(constraint)  # an unenforceable pattern fails before any work
+            grammar_processor = functools.partial(masks.processor, constraint)
         ids, plen, prefix = self._prepare(prompts)
         limit = self._context_limit()
         if limit:
@@ -440,7 +443,7 @@ class LocalBackend(Backend):
         prefix_share = (prefix.seconds if prefix else 0.0) / len(batches)
         sampling = params.temperature > 0
         warpers: list[Any] = []
-        if sampling and masks is not None:
+        if sampling and grammar_processor is not None:
             # generate() runs its own temperature / top-p warpers before custom processors; the
             # grammar mask must come first (top-p could otherwise keep only forbidden tokens),
             # so the warpers are passed after it and generate() is left to create none.
@@ -469,10 +472,8 @@ class LocalBackend(Backend):
             if stops:
                 stopper = _StopOnStrings(self.tokenizer, stops, input_ids.shape[1])
                 kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([stopper])
-            if masks is not None and constraint is not None:
-                kwargs["logits_processor"] = transformers.LogitsProcessorList(
-                    [masks.processor(constraint, len(rows)), *warpers]
-                )
+            if grammar_processor is not None:
+                kwargs["logits_processor"] = transformers.LogitsProcessorList([grammar_processor(len(rows)), *warpers])
             with self._compute():
                 out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg, **kwargs)
             new = out[:, input_ids.shape[1] :].tolist()
@@ -587,17 +588,17 @@ class LocalBackend(Backend):
             kwargs: dict[str, Any] = {}
             if prefix is not None:
                 kwargs["past_key_values"] = self._batch_cache(prefix, len(batch), plen + ids.shape[1])
+            scores = []
             with self._compute():
                 logits = self._logits(ids, mask, pos, ids.shape[1] - first, use_cache=prefix is not None, **kwargs)
                 for r, p in enumerate(batch):
                     s, n = len(suffixes[r]), len(tries[p].tokens)
                     # Row 0: after the prompt; row 1 + i: after trie node i.
                     lp = torch.log_softmax(logits[r, s - 1 - first : s + n - first].float(), dim=-1)
-                    scores = tries[p].scores(lp, self.eos_ids if end else None)
-                    out[p] = _Scored(scores, 0.0, len(ctx[p]), plen, [len(c) for c in conts[p]], n)
+                    scores.append(tries[p].scores(lp, self.eos_ids if end else None))
             dt = time.perf_counter() - t0 + prefix_share
-            for p in batch:
-                out[p].latency_s = dt  # type: ignore[union-attr]
+            for p, row in zip(batch, scores, strict=True):
+                out[p] = _Scored(row, dt, len(ctx[p]), plen, [len(c) for c in conts[p]], len(tries[p].tokens))
             if progress:
                 progress(len(batch))
         return [s for s in out if s is not None]

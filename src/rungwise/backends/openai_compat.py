@@ -38,11 +38,9 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from pydantic import Field
 
 from rungwise.backends.base import Backend, ProgressFn
 from rungwise.backends.constraints import allows
-from rungwise.config.base import Strict
 from rungwise.errors import BackendError, ConfigError, Unsupported
 from rungwise.types import Chat, Completion, Constraint, GenParams
 
@@ -61,7 +59,8 @@ MAX_RETRY_AFTER_S = 120.0
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[A-Za-z0-9._~+/\-]{8,}=*)")
 
 
-#: How an endpoint takes an output constraint (the openai model config's ``structured_outputs``).
+#: How an endpoint takes an output constraint: the openai model config's field, declared as
+#: ``structured_outputs: StructuredOutputs = Field("auto", description=STRUCTURED_OUTPUTS_HELP)``.
 StructuredOutputs = Literal["auto", "vllm", "vllm_guided", "llamacpp", "ollama", "openai", "none"]
 
 STRUCTURED_OUTPUTS_HELP = (
@@ -78,12 +77,6 @@ STRUCTURED_OUTPUTS_HELP = (
 )
 
 
-class OpenAIConstraintSpec(Strict):
-    """The openai backend's constraint setting (to fold into its model config)."""
-
-    structured_outputs: StructuredOutputs = Field("auto", description=STRUCTURED_OUTPUTS_HELP)
-
-
 # Property a choice is wrapped in where the server only takes a JSON schema (an object at the root).
 CHOICE_PROPERTY = "answer"
 
@@ -97,19 +90,12 @@ def _choice_schema(choices: Sequence[str]) -> dict[str, Any]:
     }
 
 
+_GBNF_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _gbnf_literal(text: str) -> str:
-    """``text`` as a GBNF string literal (llama.cpp grammars)."""
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch in "\n\r\t":
-            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
-        elif ord(ch) < 0x20:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    """``text`` as a GBNF string literal (llama.cpp grammars): quotes, backslashes and control characters escaped."""
+    return '"' + "".join(_GBNF_ESCAPES.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x20 else ch) for ch in text) + '"'
 
 
 def constraint_fields(constraint: Constraint, dialect: str) -> tuple[dict[str, Any], bool]:

@@ -125,4 +125,3 @@ class ScriptedBackend(Backend):
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
-
