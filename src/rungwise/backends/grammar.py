@@ -46,7 +46,8 @@ def grammar_for(constraint: Constraint) -> str:
     """The llguidance grammar (a JSON string) that accepts exactly the answers ``constraint`` allows.
 
     Example:
-        >>> json.loads(grammar_for(Constraint("regex", pattern="[ab]+")))["grammars"][0]["lark_grammar"]  # doctest: +SKIP
+        >>> json.loads(grammar_for(Constraint("regex", pattern="[ab]+")))["grammars"][0]["lark_grammar"]
+        'start: /[ab]+/'
     """
     llg = require("llguidance")
     if constraint.kind == "regex":
