@@ -115,17 +115,11 @@ def constraint_fields(constraint: Constraint, dialect: str) -> tuple[dict[str, A
     if constraint.ignore_case:
         pattern = f"(?i:{pattern})"
     any_object = {"response_format": {"type": "json_object"}}
-    if dialect == "vllm":
+    if dialect in ("vllm", "vllm_guided"):
         if kind == "json" and schema is None:
             return any_object, False
-        key = {"choice": "choice", "regex": "regex", "json": "json"}[kind]
-        value = list(constraint.choices) if kind == "choice" else pattern if kind == "regex" else schema
-        return {"structured_outputs": {key: value}}, False
-    if dialect == "vllm_guided":
-        if kind == "json" and schema is None:
-            return any_object, False
-        value = list(constraint.choices) if kind == "choice" else pattern if kind == "regex" else schema
-        return {f"guided_{kind}": value}, False
+        value = {"choice": list(constraint.choices), "regex": pattern, "json": schema}[kind]
+        return ({"structured_outputs": {kind: value}} if dialect == "vllm" else {f"guided_{kind}": value}), False
     if kind == "regex" and dialect in ("llamacpp", "ollama", "openai"):
         raise Unsupported(
             f"a regex constraint is unsupported by this endpoint (structured_outputs: {dialect}): it takes "
