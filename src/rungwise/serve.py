@@ -129,7 +129,7 @@ class ChatCompletionRequest(BaseModel):
         if rf is not None and rf.get("type") != "text":
             found.append(("response_format", _from_response_format(rf)))
         if self.structured_outputs:
-            so = {k: v for k, v in self.structured_outputs.items() if v is not None}
+            so = {k: v for k, v in self.structured_outputs.items() if v is not None and v is not False}
             unknown = sorted(set(so) - {"choice", "regex", "json", "json_object"})
             if unknown:
                 raise ConstraintFieldError("structured_outputs", f"{', '.join(unknown)} is not supported by this "
