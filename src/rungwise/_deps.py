@@ -27,6 +27,9 @@ _EXTRA = {
     "pypdf": "rag",
     "trafilatura": "rag",
     "faiss": "rag",
+    "llguidance": "local",
+    "sklearn": "classic",
+    "threadpoolctl": "classic",
 }
 
 

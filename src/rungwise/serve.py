@@ -7,6 +7,11 @@ official SDKs, LangChain, curl) gets the rung's behaviour by pointing ``base_url
 Endpoints: ``POST /v1/chat/completions`` (non-streaming, or ``stream: true`` as one SSE chunk +
 ``[DONE]``), ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``.
 
+Output constraints, as OpenAI and vLLM take them: ``response_format`` (``json_object``,
+``json_schema``), vLLM's ``structured_outputs`` (``choice``, ``regex``, ``json``, ``json_object``)
+and its older ``guided_choice`` / ``guided_regex`` / ``guided_json``. They reach the backend as
+``GenParams.constraint``; a backend that cannot enforce one answers an OpenAI-style 400.
+
 Requests reach the backend through a :class:`MicroBatcher`: one worker thread owns the backend
 (the local transformers backend is not thread-safe) and groups requests that arrive together
 into one ``generate`` call, which is where a batched local backend gets its throughput.
@@ -49,7 +54,7 @@ from rungwise.backends.base import Backend
 from rungwise.errors import BackendError, ConfigError, RungwiseError, Unsupported
 from rungwise.prompting import PromptTemplate
 from rungwise.rungs import Prepared, RungArtifact, Workspace
-from rungwise.types import Chat, Completion, Example, GenParams
+from rungwise.types import Chat, Completion, Constraint, Example, GenParams
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -115,6 +120,37 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_choice: list[str] | None = None
+    guided_regex: str | None = None
+    guided_json: dict[str, Any] | str | None = None
+
+    def constraint(self) -> Constraint | None:
+        """The output constraint the request asks for, if any.
+
+        Raises :class:`ConstraintFieldError` (the field, and what is wrong with it) for a
+        malformed one, or for more than one.
+        """
+        found: list[tuple[str, Constraint]] = []
+        rf = self.response_format
+        if rf is not None and rf.get("type") != "text":
+            found.append(("response_format", _from_response_format(rf)))
+        if self.structured_outputs:
+            so = {k: v for k, v in self.structured_outputs.items() if v is not None and v is not False}
+            unknown = sorted(set(so) - {"choice", "regex", "json", "json_object"})
+            if unknown:
+                raise ConstraintFieldError("structured_outputs", f"{', '.join(unknown)} is not supported by this "
+                                           "server (it takes choice, regex, json or json_object)")
+            found.extend(("structured_outputs", _structured(f"structured_outputs.{k}", k, v)) for k, v in so.items())
+        for kind in ("choice", "regex", "json"):
+            value = getattr(self, f"guided_{kind}")
+            if value is not None:
+                found.append((f"guided_{kind}", _structured(f"guided_{kind}", kind, value)))
+        if len(found) > 1:
+            raise ConstraintFieldError(found[1][0], f"give one output constraint, not {len(found)} "
+                                       f"({', '.join(f for f, _ in found)})")
+        return found[0][1] if found else None
 
     def chat(self) -> Chat:
         msgs: Chat = []
@@ -137,7 +173,66 @@ class ChatCompletionRequest(BaseModel):
             p = replace(p, stop=(self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         if self.seed is not None:
             p = replace(p, seed=self.seed)
+        constraint = self.constraint()
+        if constraint is not None:
+            p = replace(p, constraint=constraint)
         return p
+
+
+class ConstraintFieldError(ValueError):
+    """A request's output constraint is malformed; ``param`` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        self.param = param
+        super().__init__(f"{param}: {message}")
+
+
+def _from_response_format(rf: dict[str, Any]) -> Constraint:
+    kind = rf.get("type")
+    if kind == "json_object":
+        return Constraint("json")
+    if kind == "json_schema":
+        spec = rf.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise ConstraintFieldError("response_format", "json_schema.schema must be a JSON schema object")
+        return _json_constraint("response_format", schema)
+    raise ConstraintFieldError("response_format", f"type {kind!r} is not supported (text, json_object, json_schema)")
+
+
+def _structured(param: str, kind: str, value: Any) -> Constraint:
+    """A constraint from a vLLM-style field: ``choice`` (list), ``regex`` (str), ``json`` (schema), ``json_object``."""
+    if kind == "choice":
+        if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
+            raise ConstraintFieldError(param, "must be a non-empty list of strings")
+        return Constraint("choice", choices=tuple(value))
+    if kind == "regex":
+        try:
+            re.compile(value)
+        except (re.error, TypeError) as exc:
+            raise ConstraintFieldError(param, f"not a valid regular expression ({exc})") from None
+        return Constraint("regex", pattern=value)
+    if kind == "json_object":
+        return Constraint("json")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConstraintFieldError(param, "must be a JSON schema (an object, or its JSON text)") from None
+    if not isinstance(value, dict):
+        raise ConstraintFieldError(param, "must be a JSON schema object")
+    return _json_constraint(param, value)
+
+
+def _json_constraint(param: str, schema: dict[str, Any]) -> Constraint:
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise ConstraintFieldError(param, f"not a valid JSON schema ({exc.message})") from None
+    return Constraint("json", json_schema=json.dumps(schema, sort_keys=True))
 
 
 # -- the micro-batcher -----------------------------------------------------------------------
@@ -314,11 +409,12 @@ def create_app(
     from fastapi.responses import StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    defaults = default_params or GenParams()
+    prepared = _as_prepared(rung)
+    # The rung's own output constraint is the default; a request's response_format replaces it.
+    defaults = prepared.params(default_params or GenParams())
     batcher = MicroBatcher(backend, max_batch=max_batch, window_s=batch_window_s)
     created = int(time.time())
     adapter_str = str(adapter) if adapter is not None else None
-    prepared = _as_prepared(rung)
     tpl_desc = prepared.artifact.model_dump(mode="json") | {"prompt": prepared.template.to_dict()}
     # Identifies model + prompt + adapter: a client can tell when the served rung changed.
     fingerprint = "rw_" + hashlib.sha256(
@@ -404,10 +500,13 @@ def create_app(
         try:
             req = ChatCompletionRequest.model_validate(raw)
             chat = req.chat()
+            params = req.params(defaults)
         except ValidationError as exc:
             err = exc.errors()[0]
             param = ".".join(str(x) for x in err["loc"])
             return _error(400, f"{param}: {err['msg']}" if param else err["msg"], param=param or None)
+        except ConstraintFieldError as exc:
+            return _error(400, str(exc), param=exc.param)
         except ValueError as exc:
             return _error(400, str(exc), param="messages")
         if req.model and req.model != model_name:
@@ -415,7 +514,7 @@ def create_app(
                           param="model", code="model_not_found")
         ex = _example_of(chat)
         try:
-            c = await asyncio.wrap_future(batcher.submit(prepared.plan(ex).chat(ex), prepared.params(req.params(defaults))))
+            c = await asyncio.wrap_future(batcher.submit(prepared.plan(ex).chat(ex), params))
         except Unsupported as exc:
             return _error(400, str(exc))
         except RungwiseError as exc:

@@ -23,6 +23,13 @@ What makes it fast on a CPU without changing what greedy decoding answers:
 Greedy outputs with the prefix cache, the static cache and the attention kernel are the same
 token ids as without them (fp32; tested), and a padded batch answers like batch size 1.
 
+Constrained answers (``GenParams.constraint``): a ``choice`` is not generated but scored: every
+choice, followed by the end-of-turn token, by its log-likelihood after the prompt, all choices
+of a prompt in one row through a token trie (:mod:`rungwise.backends.trie`) behind the shared
+prefix cache; the best one is the answer and every choice's score goes into the trace. A
+``regex`` or ``json`` constraint masks each decoding step to the tokens its grammar allows
+(llguidance, :mod:`rungwise.backends.grammar`).
+
 Example:
     >>> from rungwise.backends.local import LocalBackend  # doctest: +SKIP
     >>> b = LocalBackend.load("smollm2-135m-instruct")  # doctest: +SKIP
@@ -33,21 +40,26 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from rungwise._deps import require
 from rungwise.backends.base import Backend, ProgressFn
+from rungwise.backends.trie import ChoiceTrie, tree_batch
 from rungwise.config.model import ModelSpec
 from rungwise.errors import BackendError
-from rungwise.types import Chat, Completion, GenParams
+from rungwise.types import Chat, Completion, Constraint, GenParams
+
+if TYPE_CHECKING:
+    from rungwise.backends.grammar import GrammarMasks
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +97,18 @@ class _Prefix:
     ids: tuple[int, ...]
     kv: list[tuple[Any, Any]]  # (keys, values), each [1, kv_heads, len, head_dim]
     seconds: float  # time it took to compute (charged to the call that computed it)
+
+
+@dataclass
+class _Scored:
+    """One prompt's choice scores and what computing them cost."""
+
+    scores: list[float]
+    latency_s: float
+    prompt_tokens: int
+    cached_tokens: int
+    choice_tokens: list[int]  # each choice's token count
+    scored_tokens: int  # trie nodes run through the model
 
 
 class LocalBackend(Backend):
@@ -135,6 +159,7 @@ class LocalBackend(Backend):
         self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_ids = self._eos_ids()
         self._prefixes: OrderedDict[tuple[Any, ...], _Prefix] = OrderedDict()
+        self._masks: GrammarMasks | None = None  # llguidance's view of the tokenizer, built on first use
         self._static_ok: bool | None = None if static_cache else False
         self._want_fast_attention = fast_attention
         self._fast: bool | None = None  # decided on first use: the model may still move devices
@@ -390,16 +415,43 @@ class LocalBackend(Backend):
         """Answer every prompt, in order. Greedy when ``params.temperature == 0``.
 
         Generation stops for a row at an end-of-turn token or a stop string (the text is cut
-        before it), and for the whole batch as soon as every row has stopped.
+        before it), and for the whole batch as soon as every row has stopped. Under a
+        ``params.constraint`` stop strings are not applied: the constraint says where the answer
+        ends. A ``choice`` constraint is answered by scoring (see the module docstring), with
+        ``trace["choice_logprobs"]``: each choice's log-likelihood; with ``choice_method: greedy``
+        it is decoded through the choices' grammar instead (``max_tokens`` raised to fit the longest).
         """
         if not prompts:
             return []
         with self._lock:
+            c = params.constraint
+            if c is not None and c.kind == "choice":
+                if not c.choices:
+                    raise BackendError("a choice constraint needs at least one choice", hint="give the task its labels")
+                if c.choice_method == "likelihood":
+                    return self._choose(prompts, c, progress)
+                longest = max(len(self._encode(x)) for x in c.choices) + 1
+                params = replace(params, max_tokens=max(params.max_tokens, longest))
             return self._generate(prompts, params, progress)
+
+    def grammar_masks(self) -> GrammarMasks:
+        """llguidance's view of this tokenizer (built once, about a second), for regex and JSON constraints."""
+        if self._masks is None:
+            from rungwise.backends.grammar import GrammarMasks
+
+            vocab = getattr(getattr(self.model, "config", None), "vocab_size", None) or len(self.tokenizer)
+            self._masks = GrammarMasks(self.tokenizer, vocab_size=int(vocab), eos_ids=self.eos_ids)
+        return self._masks
 
     def _generate(self, prompts: Sequence[Chat], params: GenParams, progress: ProgressFn | None) -> list[Completion]:
         torch = self.torch
         transformers = require("transformers")
+        constraint = params.constraint
+        grammar_processor: Callable[[int], Any] | None = None  # rows -> a fresh mask processor
+        if constraint is not None:
+            masks = self.grammar_masks()
+            masks.check(constraint)  # an unenforceable pattern fails before any work
+            grammar_processor = functools.partial(masks.processor, constraint)
         ids, plen, prefix = self._prepare(prompts)
         limit = self._context_limit()
         if limit:
@@ -413,38 +465,52 @@ class LocalBackend(Backend):
         batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         prefix_share = (prefix.seconds if prefix else 0.0) / len(batches)
         sampling = params.temperature > 0
+        warpers: list[Any] = []
+        if sampling and grammar_processor is not None:
+            # generate() runs its own temperature / top-p warpers before custom processors; the
+            # grammar mask must come first (top-p could otherwise keep only forbidden tokens),
+            # so the warpers are passed after it and generate() is left to create none.
+            warpers = [transformers.TemperatureLogitsWarper(params.temperature)]
+            if params.top_p < 1.0:
+                warpers.append(transformers.TopPLogitsWarper(params.top_p))
         gen_cfg = transformers.GenerationConfig(
             max_new_tokens=params.max_tokens,
             do_sample=sampling,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids or None,
-            **({"temperature": params.temperature, "top_p": params.top_p} if sampling else {}),
+            **({"temperature": params.temperature, "top_p": params.top_p} if sampling and not warpers else {}),
         )
         if sampling and params.seed is not None:
             torch.manual_seed(params.seed)
+        stops = params.stop if constraint is None else ()
         results: list[Completion | None] = [None] * len(ids)
         for batch in batches:
             t0 = time.perf_counter()
             rows = [ids[i] for i in batch]
             input_ids, mask = self._layout(rows, plen)
-            stopper = _StopOnStrings(self.tokenizer, params.stop, input_ids.shape[1]) if params.stop else None
             kwargs: dict[str, Any] = {}
             cache = self._batch_cache(prefix, len(rows), input_ids.shape[1] + params.max_tokens)
             if cache is not None:
                 kwargs["past_key_values"] = cache
-            if stopper is not None:
+            if stops:
+                stopper = _StopOnStrings(self.tokenizer, stops, input_ids.shape[1])
                 kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([stopper])
+            if grammar_processor is not None:
+                kwargs["logits_processor"] = transformers.LogitsProcessorList([grammar_processor(len(rows)), *warpers])
             with self._compute():
                 out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg, **kwargs)
             new = out[:, input_ids.shape[1] :].tolist()
             dt = time.perf_counter() - t0 + prefix_share
             for i, toks in zip(batch, new, strict=True):
-                results[i] = self._finish(toks, len(ids[i]), plen, dt, params)
+                c = self._finish(toks, len(ids[i]), plen, dt, stops)
+                if constraint is not None:
+                    c.trace["constraint"] = constraint.describe()
+                results[i] = c
             if progress:
                 progress(len(batch))
         return [r for r in results if r is not None]
 
-    def _finish(self, toks: list[int], prompt_len: int, cached: int, latency: float, params: GenParams) -> Completion:
+    def _finish(self, toks: list[int], prompt_len: int, cached: int, latency: float, stops: Sequence[str]) -> Completion:
         """Cut one row's new tokens at end-of-turn or the first stop string; count what was generated."""
         reason = "length"
         for n, t in enumerate(toks):
@@ -453,13 +519,13 @@ class LocalBackend(Backend):
                 break
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
         used = len(toks)
-        cut = min((text.index(s) for s in params.stop if s and s in text), default=None)
+        cut = min((text.index(s) for s in stops if s and s in text), default=None)
         if cut is not None:
             text, reason = text[:cut], "stop"
             # Tokens generated until a stop string was complete (where generation stopped).
             for n in range(1, len(toks) + 1):
                 head = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
-                if any(s and s in head for s in params.stop):
+                if any(s and s in head for s in stops):
                     used = n
                     break
         return Completion(text, prompt_len, used, latency, cached_tokens=cached, finish_reason=reason)
@@ -470,9 +536,9 @@ class LocalBackend(Backend):
         """Summed log-probability of each choice as the assistant's reply to its prompt.
 
         The choice text is scored right after the chat template's generation prompt, without an
-        end-of-turn token. Choices that are one token long are read from the logits at the end of
-        the prompt (one row per prompt scores any number of them, e.g. MMLU's A/B/C/D); longer
-        choices get a row each. Rows are batched, and the shared prefix is computed once.
+        end-of-turn token. All choices of a prompt are scored in one row, as the nodes of a
+        token trie behind the prompt (:mod:`rungwise.backends.trie`); rows are batched, and the
+        shared prefix is computed once.
 
         Example:
             >>> b.loglikelihood([[{"role": "user", "content": "2+2?"}]], [["4", "5"]])  # doctest: +SKIP
@@ -483,14 +549,31 @@ class LocalBackend(Backend):
         if not prompts:
             return []
         with self._lock:
-            return self._loglikelihood(prompts, choices)
+            return [s.scores for s in self._score(prompts, choices, end=False)]
 
-    def _loglikelihood(self, prompts: Sequence[Chat], choices: Sequence[Sequence[str]]) -> list[list[float]]:
-        torch = self.torch
-        ctx, plen, prefix = self._prepare(prompts)
-        # Each choice's continuation tokens, tokenized together with the prompt text so that a
-        # merge across the boundary is what the model would actually see.
-        conts: list[list[list[int]]] = []
+    def _choose(self, prompts: Sequence[Chat], constraint: Constraint, progress: ProgressFn | None) -> list[Completion]:
+        """The best-scoring choice of each prompt, each choice scored up to its end-of-turn token.
+
+        ``completion_tokens`` counts the chosen answer and its end token (what generating it
+        would produce); ``trace["scored_tokens"]`` is the trie size actually run through the model.
+        """
+        out = []
+        for s in self._score(prompts, [constraint.choices] * len(prompts), end=True, progress=progress):
+            best = max(range(len(s.scores)), key=s.scores.__getitem__)
+            trace = {
+                "constraint": constraint.describe(),
+                "choice_logprobs": dict(zip(constraint.choices, s.scores, strict=True)),
+                "scored_tokens": s.scored_tokens,
+            }
+            out.append(Completion(constraint.choices[best], s.prompt_tokens, s.choice_tokens[best] + 1, s.latency_s,
+                                  cached_tokens=s.cached_tokens, trace=trace))
+        return out
+
+    def _continuations(self, prompts: Sequence[Chat], ctx: Sequence[Sequence[int]],
+                       choices: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+        """Each choice's tokens after its prompt, tokenized together with the prompt text so that a
+        merge across the boundary is what the model would actually see."""
+        conts = []
         for chat, c_ids, cs in zip(prompts, ctx, choices, strict=True):
             text = self._render(chat)
             row = []
@@ -498,52 +581,59 @@ class LocalBackend(Backend):
                 full = self._encode(text + c)
                 row.append(full[len(c_ids) :] if full[: len(c_ids)] == c_ids else self._encode(c))
             conts.append(row)
-        # Rows: (prompt index, continuation). The first row of each prompt also scores the
-        # single-token choices from its logits at the last prompt position.
-        rows: list[tuple[int, list[int]]] = []
+        return conts
+
+    def _score(self, prompts: Sequence[Chat], choices: Sequence[Sequence[str]], *, end: bool,
+               progress: ProgressFn | None = None) -> list[_Scored]:
+        """Every choice's log-likelihood, one row per prompt: ``[prompt suffix][choice trie]``."""
+        torch = self.torch
+        ctx, plen, prefix = self._prepare(prompts)
+        conts = self._continuations(prompts, ctx, choices)
+        tries = [ChoiceTrie.build(row) for row in conts]
+        limit = self._context_limit()
         for p, row in enumerate(conts):
-            multi = [c for c in row if len(c) > 1]
-            rows.extend((p, c) for c in (multi or [[]]))
-        scores: dict[tuple[int, tuple[int, ...]], float] = {}
-        first_logp: dict[int, Any] = {}
-        order = sorted(range(len(rows)), key=lambda r: len(ctx[rows[r][0]]) + len(rows[r][1]))
-        for s in range(0, len(order), self.batch_size):
-            batch = [rows[r] for r in order[s : s + self.batch_size]]
-            seqs = [ctx[p][plen:] + c for p, c in batch]
-            width = max(len(x) for x in seqs)
-            # Right padding: padding after a row's tokens cannot change causal logits before it.
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), plen + width), dtype=torch.long)
-            mask[:, :plen] = 1
-            for r, x in enumerate(seqs):
-                input_ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
-                mask[r, plen : plen + len(x)] = 1
+            depth = max((len(c) for c in row), default=0)
+            if limit and len(ctx[p]) + depth + 1 > limit:
+                raise BackendError(
+                    f"prompt {p} has {len(ctx[p])} tokens + a {depth}-token choice > the model's context of {limit}",
+                    hint="shorten the input or the demos (fewer few-shot examples)",
+                )
+        order = sorted(range(len(prompts)), key=lambda p: len(ctx[p]) + len(tries[p].tokens))
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        prefix_share = (prefix.seconds if prefix else 0.0) / len(batches)
+        out: list[_Scored | None] = [None] * len(prompts)
+        for batch in batches:
+            t0 = time.perf_counter()
+            suffixes = [ctx[p][plen:] for p in batch]
+            ids, pos, mask = tree_batch(suffixes, [tries[p] for p in batch], plen, self.pad_id, self.model.dtype)
+            # Logits are needed from the last prompt token of the shortest row on.
+            first = min(len(x) for x in suffixes) - 1
             kwargs: dict[str, Any] = {}
             if prefix is not None:
-                kwargs["past_key_values"] = self._batch_cache(prefix, len(batch), plen + width)
+                kwargs["past_key_values"] = self._batch_cache(prefix, len(batch), plen + ids.shape[1])
+            scores = []
             with self._compute():
-                logits = self.model(
-                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=prefix is not None, **kwargs
-                ).logits
-                for r, (p, c) in enumerate(batch):
-                    start = len(ctx[p]) - plen - 1  # position whose logits predict the first choice token
-                    lp = torch.log_softmax(logits[r, start : start + max(1, len(c))].float(), dim=-1)
-                    if p not in first_logp:
-                        first_logp[p] = lp[0]
-                    if c:
-                        scores[(p, tuple(c))] = float(lp[torch.arange(len(c)), torch.tensor(c, device=lp.device)].sum())
-        out: list[list[float]] = []
-        for p, row in enumerate(conts):
-            vals = []
-            for c in row:
-                if not c:
-                    vals.append(0.0)
-                elif len(c) == 1:
-                    vals.append(float(first_logp[p][c[0]]))
-                else:
-                    vals.append(scores[(p, tuple(c))])
-            out.append(vals)
-        return out
+                logits = self._logits(ids, mask, pos, ids.shape[1] - first, use_cache=prefix is not None, **kwargs)
+                for r, p in enumerate(batch):
+                    s, n = len(suffixes[r]), len(tries[p].tokens)
+                    # Row 0: after the prompt; row 1 + i: after trie node i.
+                    lp = torch.log_softmax(logits[r, s - 1 - first : s + n - first].float(), dim=-1)
+                    scores.append(tries[p].scores(lp, self.eos_ids if end else None))
+            dt = time.perf_counter() - t0 + prefix_share
+            for p, row in zip(batch, scores, strict=True):
+                out[p] = _Scored(row, dt, len(ctx[p]), plen, [len(c) for c in conts[p]], len(tries[p].tokens))
+            if progress:
+                progress(len(batch))
+        return [s for s in out if s is not None]
+
+    def _logits(self, ids: Any, mask: Any, pos: Any, keep: int, **kwargs: Any) -> Any:
+        """The last ``keep`` positions' logits (all positions for a model without ``logits_to_keep``)."""
+        dev = self.device
+        args = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "position_ids": pos.to(dev), **kwargs}
+        try:
+            return self.model(**args, logits_to_keep=keep).logits
+        except TypeError:
+            return self.model(**args).logits[:, -keep:]
 
     def count_tokens(self, text: str) -> int:
         """Token count of ``text`` with this model's tokenizer."""

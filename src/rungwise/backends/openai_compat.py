@@ -10,6 +10,11 @@ Works with OpenAI itself, vLLM, llama.cpp's server, Ollama, LM Studio and ``rung
 * 408/409/429/5xx, timeouts and connection failures are retried with exponential backoff and
   jitter, honouring ``Retry-After`` / ``retry-after-ms``; 401/403/404 and other 4xx fail at once
   with an error that says what to fix.
+* A ``GenParams.constraint`` is sent in the form the server understands (``structured_outputs``:
+  vLLM, llama.cpp, Ollama or OpenAI, see :data:`STRUCTURED_OUTPUTS_HELP`). A server that rejects it
+  (HTTP 400/422), a dialect that cannot express it, and an answer that breaks it (a server that
+  ignored the field) all raise :class:`~rungwise.errors.Unsupported`: a constrained rung is never
+  measured unconstrained.
 
 Example:
     >>> b = OpenAIBackend("http://127.0.0.1:8000/v1", "my-model")  # doctest: +SKIP
@@ -20,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
 import random
@@ -28,16 +34,17 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import Field
 
 from rungwise.backends.base import Backend, ProgressFn
+from rungwise.backends.constraints import allows
 from rungwise.config.model import ModelSpec
-from rungwise.errors import BackendError, ConfigError
-from rungwise.types import Chat, Completion, GenParams
+from rungwise.errors import BackendError, ConfigError, Unsupported
+from rungwise.types import Chat, Completion, Constraint, GenParams
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,100 @@ MAX_RETRY_AFTER_S = 120.0
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[A-Za-z0-9._~+/\-]{8,}=*)")
 
 
+#: How an endpoint takes an output constraint: the openai model config's field, declared as
+#: ``structured_outputs: StructuredOutputs = Field("auto", description=STRUCTURED_OUTPUTS_HELP)``.
+StructuredOutputs = Literal["auto", "vllm", "vllm_guided", "llamacpp", "ollama", "openai", "none"]
+
+STRUCTURED_OUTPUTS_HELP = (
+    "openai backend: how this endpoint constrains output (the constrained rung). "
+    "vllm: `structured_outputs: {choice | regex | json}` in the body (vLLM's current field); "
+    "vllm_guided: `guided_choice` / `guided_regex` / `guided_json` (vLLM before 0.12, which removed them); "
+    "llamacpp: llama.cpp server's `grammar` (a choice as a GBNF alternation) and `json_schema` (no regex); "
+    "ollama: `response_format` with a JSON schema, which Ollama's /v1 endpoint hands to its `format` option "
+    "(a choice as an enum; no regex); "
+    "openai: `response_format` json_schema, strict (a choice as an enum property, unwrapped back; no regex); "
+    "none: the endpoint cannot constrain (a constrained rung reports it unsupported); "
+    "auto: from the server: api.openai.com -> openai, else GET /models `owned_by` vllm -> vllm, llamacpp -> "
+    "llamacpp, rungwise -> vllm, port 11434 -> ollama, anything else -> openai."
+)
+
+
+# Property a choice is wrapped in where the server only takes a JSON schema (an object at the root).
+CHOICE_PROPERTY = "answer"
+
+
+def _choice_schema(choices: Sequence[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {CHOICE_PROPERTY: {"type": "string", "enum": list(choices)}},
+        "required": [CHOICE_PROPERTY],
+        "additionalProperties": False,
+    }
+
+
+_GBNF_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal (llama.cpp grammars): quotes, backslashes and control characters escaped."""
+    return '"' + "".join(_GBNF_ESCAPES.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x20 else ch) for ch in text) + '"'
+
+
+def constraint_fields(constraint: Constraint, dialect: str) -> tuple[dict[str, Any], bool]:
+    """The request fields that carry ``constraint`` in ``dialect``, and whether the answer comes
+    back wrapped in a JSON object (a choice sent as an enum) to unwrap.
+
+    Raises :class:`Unsupported` where the dialect cannot express the constraint.
+
+    >>> constraint_fields(Constraint("choice", choices=("a", "b")), "vllm")
+    ({'structured_outputs': {'choice': ['a', 'b']}}, False)
+    >>> constraint_fields(Constraint("choice", choices=("a", "b")), "llamacpp")
+    ({'grammar': 'root ::= "a" | "b"'}, False)
+    """
+    kind = constraint.kind
+    schema = json.loads(constraint.json_schema) if constraint.json_schema else None
+    pattern = constraint.pattern or ""
+    if constraint.ignore_case:
+        pattern = f"(?i:{pattern})"
+    any_object = {"response_format": {"type": "json_object"}}
+    if dialect in ("vllm", "vllm_guided"):
+        if kind == "json" and schema is None:
+            return any_object, False
+        value = {"choice": list(constraint.choices), "regex": pattern, "json": schema}[kind]
+        return ({"structured_outputs": {kind: value}} if dialect == "vllm" else {f"guided_{kind}": value}), False
+    if kind == "regex" and dialect in ("llamacpp", "ollama", "openai"):
+        raise Unsupported(
+            f"a regex constraint is unsupported by this endpoint (structured_outputs: {dialect}): it takes "
+            "JSON schemas (and llama.cpp GBNF grammars), not regular expressions",
+            hint="serve the model with vLLM (structured_outputs: vllm) or use the local backend for a regex metric",
+        )
+    if dialect == "llamacpp":
+        if kind == "choice":
+            return {"grammar": "root ::= " + " | ".join(_gbnf_literal(c) for c in constraint.choices)}, False
+        return {"json_schema": schema if schema is not None else {"type": "object"}}, False
+    if dialect in ("ollama", "openai"):
+        if kind == "json" and schema is None:
+            return any_object, False
+        wrapped = kind == "choice"
+        json_schema: dict[str, Any] = {"name": "answer", "schema": _choice_schema(constraint.choices) if wrapped else schema}
+        if dialect == "openai":
+            json_schema["strict"] = True
+        return {"response_format": {"type": "json_schema", "json_schema": json_schema}}, wrapped
+    raise Unsupported(
+        f"the {constraint.describe()} constraint is unsupported by this endpoint (structured_outputs: {dialect})",
+        hint="set model.structured_outputs to the server's kind (vllm, llamacpp, ollama, openai) if it can constrain",
+    )
+
+
+def _unwrap_choice(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    answer = value.get(CHOICE_PROPERTY) if isinstance(value, dict) else None
+    return answer if isinstance(answer, str) else text
+
+
 class OpenAISpec(ModelSpec):
     """``model:`` for ``backend: openai``: any OpenAI-compatible endpoint (vLLM, llama.cpp server,
     Ollama, LM Studio, OpenAI, ``rungwise serve``)."""
@@ -62,6 +163,7 @@ class OpenAISpec(ModelSpec):
     concurrency: int = Field(4, gt=0, description="Requests in flight at once.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts, with exponential backoff.")
+    structured_outputs: StructuredOutputs = Field("auto", description=STRUCTURED_OUTPUTS_HELP)
 
     def build(self) -> OpenAIBackend:
         return OpenAIBackend.from_spec(self)
@@ -131,6 +233,7 @@ class OpenAIBackend(Backend):
         backoff_base_s, backoff_max_s: exponential backoff ``base * 2**attempt``, capped, with
             "equal jitter" (half fixed, half random) so that parallel workers spread out.
         rng: the jitter source (tests pass a seeded one).
+        structured_outputs: how the server takes a constraint (see :data:`STRUCTURED_OUTPUTS_HELP`).
 
     Token counts come from the response's ``usage`` (``prompt_tokens_details.cached_tokens``
     fills :attr:`Completion.cached_tokens`). Where a server sends no ``usage``, they are
@@ -155,6 +258,7 @@ class OpenAIBackend(Backend):
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         rng: random.Random | None = None,
+        structured_outputs: StructuredOutputs = "auto",
     ) -> None:
         if not re.match(r"^https?://[^/\s]+", base_url or ""):
             raise ConfigError(
@@ -163,6 +267,11 @@ class OpenAIBackend(Backend):
             )
         if not model:
             raise ConfigError("model.id is empty", hint="set model.id to the served model name")
+        if structured_outputs not in get_args(StructuredOutputs):
+            raise ConfigError(
+                f"model.structured_outputs {structured_outputs!r} is not one of {', '.join(get_args(StructuredOutputs))}",
+                hint="see STRUCTURED_OUTPUTS_HELP in rungwise.backends.openai_compat",
+            )
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise ConfigError(
                 f"invalid openai backend limits (concurrency={concurrency}, max_retries={max_retries}, "
@@ -185,6 +294,8 @@ class OpenAIBackend(Backend):
         # one this endpoint takes from its first 400 and remember it.
         self._max_tokens_field = "max_tokens"
         self._warned_no_usage = False
+        self.structured_outputs: str = structured_outputs  # "auto" until the first constrained call
+        self._dialect_lock = threading.Lock()
 
         headers = {"User-Agent": "rungwise"}
         self._secret: str | None = None
@@ -217,6 +328,7 @@ class OpenAIBackend(Backend):
             concurrency=spec.concurrency,
             timeout_s=spec.timeout_s,
             max_retries=spec.max_retries,
+            structured_outputs=spec.structured_outputs,
         )
 
     def __repr__(self) -> str:  # never shows the key
@@ -232,6 +344,8 @@ class OpenAIBackend(Backend):
         """
         if not prompts:
             return []
+        if params.constraint is not None:
+            constraint_fields(params.constraint, self.dialect())  # unsupported: fail before any request
         abort = threading.Event()
         if self.concurrency == 1 or len(prompts) == 1:
             out = []
@@ -257,6 +371,35 @@ class OpenAIBackend(Backend):
             pool.shutdown(wait=True, cancel_futures=True)
         return results  # type: ignore[return-value]
 
+    def dialect(self) -> str:
+        """The structured-outputs dialect in use; ``auto`` is resolved once, from the server."""
+        with self._dialect_lock:
+            if self.structured_outputs == "auto":
+                self.structured_outputs = self._detect_dialect()
+                log.info("%s: structured outputs as %s", self._where, self.structured_outputs)
+            return self.structured_outputs
+
+    def _detect_dialect(self) -> str:
+        parts = urlsplit(self.base_url)
+        if parts.hostname == "api.openai.com":
+            return "openai"
+        owner = ""
+        try:
+            r = self._client.get(self.base_url + "/models")
+            cards = r.json().get("data") if r.status_code == 200 else None
+            if isinstance(cards, list) and cards:
+                mine = [c for c in cards if isinstance(c, dict) and c.get("id") == self.model]
+                owner = str((mine or cards)[0].get("owned_by") or "").lower()
+        except (httpx.HTTPError, ValueError, AttributeError):
+            pass  # no model list: fall back on the port and the default
+        if owner in ("vllm", "llamacpp"):
+            return owner
+        if owner == "rungwise":
+            return "vllm"  # rungwise serve takes vLLM's fields (a choice is scored by log-likelihood there)
+        if owner == "ollama" or parts.port == 11434:
+            return "ollama"
+        return "openai"
+
     def count_tokens(self, text: str) -> int:
         """An estimate (4 characters per token): the remote tokenizer is not available here."""
         return max(1, round(len(text) / 4))
@@ -275,11 +418,14 @@ class OpenAIBackend(Backend):
             "top_p": params.top_p,
             self._max_tokens_field: params.max_tokens,
         }
-        stops = [s for s in params.stop if s]
+        # Under a constraint the grammar says where the answer ends, as on the local backend.
+        stops = [s for s in params.stop if s] if params.constraint is None else []
         if stops:
             body["stop"] = stops[:MAX_API_STOPS]
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.constraint is not None:
+            body.update(constraint_fields(params.constraint, self.dialect())[0])
         return body
 
     def _scrub(self, text: str) -> str:
@@ -365,6 +511,13 @@ class OpenAIBackend(Backend):
                 ):
                     self._max_tokens_field = "max_completion_tokens"
                     continue  # same attempt: the request was malformed, not the server busy
+                if params.constraint is not None and status in (400, 422):
+                    raise Unsupported(
+                        f"{self._where} rejected the {params.constraint.describe()} constraint (HTTP {status}, "
+                        f"structured_outputs: {self.dialect()}): {msg}",
+                        hint="the constraint looks unsupported by this endpoint: set model.structured_outputs to the "
+                        "server's kind (vllm, vllm_guided, llamacpp, ollama, openai), or leave the constrained rung out",
+                    )
                 if status == 429 and code == "insufficient_quota":
                     raise BackendError(
                         f"{self._where}: quota exhausted (HTTP 429): {msg}",
@@ -404,7 +557,24 @@ class OpenAIBackend(Backend):
                 f"{self._where}: the answer is not an OpenAI chat completion: {self._scrub(r.text[:200])!r}",
                 hint="point model.base_url at an OpenAI-compatible API root (it usually ends in /v1)",
             ) from None
-        text = _apply_stops(str(text), params.stop)
+        finish = str(choice.get("finish_reason") or "stop")
+        trace: dict[str, Any] = {}
+        c = params.constraint
+        if c is None:
+            text = _apply_stops(str(text), params.stop)
+        else:
+            if constraint_fields(c, self.dialect())[1]:
+                text = _unwrap_choice(str(text))
+            # An answer cut at max_tokens may break a JSON constraint legitimately; any other
+            # violation means the server did not enforce it.
+            if finish != "length" and not allows(c, str(text)):
+                raise Unsupported(
+                    f"{self._where} answered {str(text)!r:.80}, which breaks the {c.describe()} constraint: the "
+                    f"endpoint ignored it (structured_outputs: {self.dialect()})",
+                    hint="set model.structured_outputs to the server's kind (vllm, vllm_guided, llamacpp, ollama, "
+                    "openai); a server that cannot constrain output cannot run the constrained rung",
+                )
+            trace = {"constraint": c.describe(), "structured_outputs": self.dialect()}
         usage = data.get("usage") or {}
         prompt_tokens = usage.get("prompt_tokens")
         completion_tokens = usage.get("completion_tokens")
@@ -422,5 +592,6 @@ class OpenAIBackend(Backend):
             completion_tokens=int(completion_tokens),
             latency_s=latency,
             cached_tokens=int(cached or 0),
-            finish_reason=str(choice.get("finish_reason") or "stop"),
+            finish_reason=finish,
+            trace=trace,
         )

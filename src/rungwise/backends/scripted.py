@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydantic import Field
 
 from rungwise.backends.base import Backend, ProgressFn
+from rungwise.backends.constraints import allows
 from rungwise.config.model import ModelSpec
-from rungwise.types import Chat, Completion, GenParams
+from rungwise.errors import BackendError
+from rungwise.types import Chat, Completion, Constraint, GenParams
 
 
 class ScriptedSpec(ModelSpec):
@@ -47,6 +50,16 @@ class ScriptedBackend(Backend):
     ``script`` is a list (replies in call order, cycling), a dict (reply by the last user
     message; ``default`` for anything else), or a function ``chat -> reply``. Token counts
     are whitespace word counts, so tests can assert on them.
+
+    Constraints (``GenParams.constraint``), like a real backend, never let through an answer
+    that breaks them, and stop strings are not applied under one:
+
+    * ``choice``: the scripted reply if it is one of the choices, else the best choice by
+      ``choice_scores`` (first on ties); ``trace["choice_logprobs"]`` holds every choice's score
+      (``choice_scores``, or 0 for the scripted reply and -5 for the others);
+    * ``regex`` / ``json``: the scripted reply if it matches the pattern / parses as JSON
+      conforming to the schema (any JSON object without one), else a :class:`BackendError`
+      (a script that contradicts its own constraint is a broken test).
 
     Example:
         >>> b = ScriptedBackend({"hello": "hi", "default": "?"})
@@ -87,23 +100,48 @@ class ScriptedBackend(Backend):
                 time.sleep(self.delay_s)
             self.calls.append(list(chat))
             text = self._reply(list(chat))
-            for stop in params.stop:
+            trace: dict[str, Any] = {}
+            if params.constraint is not None:
+                text, trace = self._constrained(list(chat), text, params.constraint)
+            for stop in params.stop if params.constraint is None else ():
                 if stop and stop in text:
                     text = text[: text.index(stop)]
             words = text.split()
             if len(words) > params.max_tokens:
                 text = " ".join(words[: params.max_tokens])
             prompt_tokens = sum(len(m["content"].split()) + 1 for m in chat)
-            out.append(Completion(text, prompt_tokens, len(text.split()), time.perf_counter() - t0))
+            out.append(Completion(text, prompt_tokens, len(text.split()), time.perf_counter() - t0, trace=trace))
             if progress:
                 progress(1)
         return out
 
-    def loglikelihood(self, prompts: Sequence[Chat], choices: Sequence[Sequence[str]]) -> list[list[float]]:
+    def _constrained(self, chat: Chat, reply: str, constraint: Constraint) -> tuple[str, dict[str, Any]]:
+        trace: dict[str, Any] = {"constraint": constraint.describe()}
+        if constraint.kind == "choice":
+            scores = self._scores(chat, constraint.choices, reply)
+            trace["choice_logprobs"] = dict(zip(constraint.choices, scores, strict=True))
+            if reply.strip() in constraint.choices:
+                return reply.strip(), trace
+            return constraint.choices[max(range(len(scores)), key=scores.__getitem__)], trace
+        if not allows(constraint, reply):
+            raise BackendError(
+                f"{self.model_id}: the scripted reply {reply!r:.60} breaks the {constraint.describe()}",
+                hint="script a reply that satisfies the constraint",
+            )
+        return reply, trace
+
+    def _scores(self, chat: Chat, choices: Sequence[str], reply: str) -> list[float]:
         if self._choice_scores is None:
             # Prefer the choice the script would have answered.
-            return [[0.0 if c.strip() == self._reply(list(p)).strip() else -5.0 for c in cs] for p, cs in zip(prompts, choices, strict=True)]
-        return [[self._choice_scores(list(p), c) for c in cs] for p, cs in zip(prompts, choices, strict=True)]
+            return [0.0 if c.strip() == reply.strip() else -5.0 for c in choices]
+        return [self._choice_scores(chat, c) for c in choices]
+
+    def loglikelihood(self, prompts: Sequence[Chat], choices: Sequence[Sequence[str]]) -> list[list[float]]:
+        out = []
+        for p, cs in zip(prompts, choices, strict=True):
+            reply = self._reply(list(p)) if self._choice_scores is None else ""
+            out.append(self._scores(list(p), cs, reply))
+        return out
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
