@@ -35,6 +35,8 @@ def write_task(dirpath: Path, data: dict[str, Any] | None = None, **over: Any) -
         "labels": ["billing", "bug", "account"],
         "metric": "accuracy",
         "model": {"backend": "scripted", "script": {"default": "billing"}},
+        # The two prompting rungs most tests climb (a label task's default order starts with classic).
+        "rungs": {"order": ["zero_shot", "few_shot"]},
     }
     task.update(over)
     p = dirpath / "task.yaml"

@@ -155,6 +155,8 @@ RUNGS: Registry[Any] = Registry(
         "few_shot": "rungwise.rungs.few_shot:FewShot",
         "finetune": "rungwise.rungs.finetune:Finetune",
         "finetune_min": "rungwise.rungs.finetune:FinetuneMinimal",
+        "classic": "rungwise.rungs.classic:Classic",
+        "constrained": "rungwise.rungs.constrained:Constrained",
         "rag": "rungwise.rungs.rag:Rag",
         "hybrid": "rungwise.rungs.hybrid:Hybrid",
     },

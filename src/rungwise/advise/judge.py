@@ -18,7 +18,7 @@ from typing import Any
 
 from rungwise.advise.factors import evaluate_factors, lean
 from rungwise.advise.model import RungStatus, Verdict, fmt3, higher_is_better
-from rungwise.advise.prose import explain_failures, explain_none, explain_pick
+from rungwise.advise.prose import explain_cheap_answers, explain_failures, explain_none, explain_pick
 from rungwise.config.factors import FEW_EXAMPLES, HIGH_CONSISTENCY_VALID, SHORT_TIME_DAYS
 from rungwise.config.task import Target, Task, parse_target
 from rungwise.economics.cost import RungCost, break_evens, daily_volume_of, price_rungs
@@ -186,6 +186,7 @@ def verdict(
     else:
         explain_none(v, statuses, results, target, dropped, factors)
 
+    v.reasons += explain_cheap_answers(results, task.model.constraint_support())
     v.diagnosis, failure_step = explain_failures(results)
     if failure_step and v.confidence != "high":  # the gap is not closed: its kind says where to go next
         v.next_steps.insert(0, failure_step)

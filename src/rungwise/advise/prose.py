@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rungwise.advise.model import RungStatus, Verdict, fmt3, higher_is_better, n_for_halfwidth
-from rungwise.config.factors import ENOUGH_EXAMPLES, DecisionFactors
+from rungwise.config.factors import ENOUGH_EXAMPLES, HIGH_CONSISTENCY_VALID, DecisionFactors
 from rungwise.config.task import Target
 from rungwise.economics.cost import RungCost
 from rungwise.money import usd
@@ -49,8 +49,9 @@ def explain_pick(
     v.recommended = pick.rung
     tgt = str(target) if target else "no target"
     v.confidence = "high" if (target is None or pick.ci_meets) else "moderate"
-    v.headline = (f"Recommended: {pick.rung}. {m.name} {fmt3(m.value)} [95% CI {fmt3(m.ci_low)}, {fmt3(m.ci_high)}]"
-                  + (f" meets {tgt}" if target else "") + f"; {_cost_phrase(costs.get(pick.rung))}.")
+    no_llm = " (no LLM needed)" if not pick.kind.uses_llm else ""
+    v.headline = (f"Recommended: {pick.rung}{no_llm}. {m.name} {fmt3(m.value)} [95% CI {fmt3(m.ci_low)}, "
+                  f"{fmt3(m.ci_high)}]" + (f" meets {tgt}" if target else "") + f"; {_cost_phrase(costs.get(pick.rung))}.")
     # Why not the others.
     for s in statuses:
         if s.rung == pick.rung:
@@ -233,3 +234,36 @@ def _closed(delta: int, what: str) -> str:
     if delta < 0:
         return f"{-delta} more {what} failures"
     return f"no change in {what} failures"
+
+
+def explain_cheap_answers(results: Sequence[RungResult], constraint_support: str | None) -> list[str]:
+    """Reasons from the two cheap answers, when the ladder measured them.
+
+    A classical baseline (a rung that uses no LLM) is the floor every LLM rung must clear: each
+    LLM rung's distance above it. A rung that constrains the output and reaches a valid format
+    where the same model unconstrained did not has closed a format gap without training: a
+    reason not to fine-tune for format, with whether the deployment can constrain output.
+    """
+    out: list[str] = []
+    baselines = [r for r in results if not r.kind.uses_llm]
+    if baselines:
+        base = max(baselines, key=lambda r: r.metric.value)
+        name = base.metric.name
+        llm = [r for r in results if r.kind.uses_llm]
+        for r in llm:
+            d = r.metric.value - base.metric.value
+            out.append(f"{r.rung} vs the classical baseline {base.rung} ({fmt3(base.metric.value)}): {d:+.3f} {name}")
+        if llm and all(r.metric.value <= base.metric.value for r in llm):
+            out.append(f"no LLM rung scores above the classical baseline {base.rung}: for this score no LLM is needed")
+    free = [r for r in results if r.kind.uses_llm and not r.kind.trains_weights and not r.kind.constrains_output]
+    for c in (r for r in results if r.kind.constrains_output):
+        before = max(free, key=lambda r: r.format_valid_rate, default=None)
+        if before is None or c.format_valid_rate < HIGH_CONSISTENCY_VALID or before.format_valid_rate >= HIGH_CONSISTENCY_VALID:
+            continue
+        where = f"; {constraint_support}" if constraint_support else "; this deployment cannot constrain output"
+        out.append(
+            f"{c.rung} answers in a valid format {c.format_valid_rate:.0%} of the time where {before.rung} managed "
+            f"{before.format_valid_rate:.0%}: constraining the output closes the format gap without training, so "
+            f"fine-tuning must earn its place on {c.metric.name} ({c.rung} {fmt3(c.metric.value)}){where}"
+        )
+    return out

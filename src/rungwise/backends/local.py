@@ -84,6 +84,9 @@ class LocalSpec(ModelSpec):
 
         return "local:" + models.resolve(self.id, self.gguf_file).display
 
+    def constraint_support(self) -> str:
+        return "the local backend constrains output itself (labels by log-likelihood, regex and JSON through llguidance)"
+
 # A prefix shorter than this is not worth a separate forward pass and a cache copy per batch.
 MIN_PREFIX_TOKENS = 16
 # Prefix caches kept across calls (a rung often calls generate() once per chunk of examples).

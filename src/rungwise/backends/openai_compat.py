@@ -171,6 +171,12 @@ class OpenAISpec(ModelSpec):
     def describe(self) -> str:
         return f"openai:{self.id}@{_public_url(self.base_url.rstrip('/'))}"
 
+    def constraint_support(self) -> str | None:
+        if self.structured_outputs == "none":
+            return None
+        return (f"the endpoint must constrain output through its structured-output fields (structured_outputs: "
+                f"{self.structured_outputs}); vLLM, llama.cpp server, Ollama and OpenAI can, with limits on regex")
+
 
 class _Aborted(Exception):
     """Another prompt of the same batch failed for good; stop working on this one."""

@@ -36,6 +36,9 @@ class ScriptedSpec(ModelSpec):
     def describe(self) -> str:
         return f"scripted:{self.id}"
 
+    def constraint_support(self) -> str:
+        return "the scripted test double follows constraints"
+
 
 def _last_user(chat: Chat) -> str:
     for m in reversed(chat):

@@ -70,6 +70,10 @@ class ModelSpec(Strict):
         """The model id recorded in the run store; cheap, and fails fast when the model is missing."""
         return f"{self.backend}:{self.id}"
 
+    def constraint_support(self) -> str | None:
+        """How this deployment constrains output to a format (for the verdict), or None if it cannot."""
+        return None
+
 
 def model_spec_from(raw: Any) -> ModelSpec:
     """Validate a ``model:`` mapping with the config model of the backend it names.

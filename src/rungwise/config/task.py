@@ -178,6 +178,11 @@ def check_rung_order(order: list[str]) -> list[str]:
     return order
 
 
+#: ``rungs.order`` when task.yaml gives none: a label task starts with the cheap answers.
+DEFAULT_ORDER = ("zero_shot", "few_shot")
+LABEL_TASK_ORDER = ("classic", "zero_shot", "constrained", "few_shot")
+
+
 class RungsSpec(Strict):
     """Which rungs to climb, in order, and each rung's own settings.
 
@@ -189,7 +194,11 @@ class RungsSpec(Strict):
 
     model_config = ConfigDict(extra="allow")
 
-    order: list[str] = Field(default_factory=lambda: ["zero_shot", "few_shot"], description="Rungs in climbing order.")
+    order: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ORDER),
+        description="Rungs in climbing order (default: classic, zero_shot, constrained, few_shot for a task with "
+        "labels; zero_shot, few_shot otherwise).",
+    )
     _variants: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("order")
@@ -330,6 +339,14 @@ class Task(Strict):
             if problem:
                 raise ValueError(f"{v!r} {problem}")
         return v
+
+    @model_validator(mode="after")
+    def _default_order(self) -> Task:
+        # A label task climbs the cheap answers first: the classical baseline (seconds, no LLM) and
+        # the constrained prompt (the format fixed without training) before the demos.
+        if self.labels and "order" not in self.rungs.model_fields_set:
+            self.rungs.order = list(LABEL_TASK_ORDER)
+        return self
 
     @model_validator(mode="after")
     def _knowledge_for_retrieval(self) -> Task:
