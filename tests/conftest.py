@@ -23,11 +23,19 @@ def rungwise_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+#: Fixtures that convert or load the embedded model: only tests marked ``model`` may use them
+#: (the session fixtures themselves cannot see which test asked first).
+MODEL_FIXTURES = {"embedded_checkpoint", "tiny_llama_dir"}
+
+
 @pytest.fixture(autouse=True)
 def model_loads_only_when_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """A test loads real model weights only when marked ``@pytest.mark.model`` (rungwise.models
     refuses otherwise, in this process and in the CLI subprocesses it starts)."""
     allowed = request.node.get_closest_marker("model") is not None
+    uses = MODEL_FIXTURES & set(request.fixturenames)
+    if uses and not allowed:
+        pytest.fail(f"{request.node.name} uses {', '.join(sorted(uses))} (a real model) without @pytest.mark.model")
     monkeypatch.setenv("RUNGWISE_ALLOW_MODEL_LOADS", "1" if allowed else "0")
 
 

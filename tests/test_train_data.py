@@ -38,6 +38,7 @@ def _examples(n: int, labels: int = 4) -> list[Example]:
     ]
 
 
+@pytest.mark.model  # the embedded model's tokenizer (converting its GGUF on first use)
 def test_prompt_tokens_are_masked(tok) -> None:
     chat = [{"role": "system", "content": "Route the ticket."}, {"role": "user", "content": "I was charged twice"}]
     enc = encode_example(tok, chat, "billing", 128)
@@ -52,6 +53,7 @@ def test_prompt_tokens_are_masked(tok) -> None:
     assert enc.n_label_tokens == len(enc) - n
 
 
+@pytest.mark.model  # the embedded model's tokenizer (converting its GGUF on first use)
 def test_training_prompt_is_what_the_local_backend_sends(tok) -> None:
     """The model is trained on exactly the token ids the backend feeds it at inference."""
     from rungwise.backends.local import LocalBackend
@@ -67,6 +69,7 @@ def test_training_prompt_is_what_the_local_backend_sends(tok) -> None:
     assert all(x == IGNORE for x in enc.labels[: len(sent)])
 
 
+@pytest.mark.model  # the embedded model's tokenizer (converting its GGUF on first use)
 def test_long_answer_is_cut_and_long_prompt_skipped(tok) -> None:
     chat = [{"role": "user", "content": "hi"}]
     prompt_len = len(tok(render_prompt(tok, chat), add_special_tokens=False)["input_ids"])
@@ -131,6 +134,7 @@ def test_length_grouping_cuts_padding() -> None:
     assert sum(lengths) / padded > 0.9  # under 10% of the compute goes to padding
 
 
+@pytest.mark.model  # the embedded model's tokenizer (converting its GGUF on first use)
 def test_collate_padded_and_packed(tok) -> None:
     encs, _ = encode_examples(tok, _examples(3), "sys", 128)
     padded = collate(encs, tok.pad_token_id, packing=False)
