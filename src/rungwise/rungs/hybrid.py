@@ -9,25 +9,20 @@ input, exactly as the ``rag`` rung adds them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from pydantic import Field
 
-from rungwise.config.knowledge import RetrieverSpec
 from rungwise.prompting import PromptTemplate
-from rungwise.rungs.base import Answer, Prepared, Rung, RungArtifact, RungContext, Scored
+from rungwise.rungs.base import Prepared, RungArtifact, RungContext
 from rungwise.rungs.finetune import Finetune, FinetuneArtifact
 from rungwise.rungs.rag import (
     ANSWER_FROM_PASSAGES,
+    Rag,
     RagArtifact,
     RagConfig,
-    RetrievalPrepared,
-    RetrievalPrompt,
-    answer_with_passages,
-    measure_retrieval,
 )
-from rungwise.types import HYBRID, Example, GenParams, RungResult, TokenEstimate, TrainingRecord
+from rungwise.types import HYBRID, TrainingRecord
 
 
 class HybridArtifact(RagArtifact):
@@ -44,8 +39,9 @@ class HybridArtifact(RagArtifact):
                 *super().notes()]
 
 
-class Hybrid(Rung):
-    """The fine-tuned model plus retrieval (see the module docstring)."""
+class Hybrid(Rag):
+    """The fine-tuned model plus retrieval (see the module docstring). It answers, cites and is
+    measured exactly as :class:`Rag`; only what it prepares differs."""
 
     name = "hybrid"
     summary = "the fine-tuned model (finetune rung) + passages retrieved from the knowledge source"
@@ -62,30 +58,9 @@ class Hybrid(Rung):
         kb = ctx.knowledge(cfg.retriever())
         art = HybridArtifact(prompt=tpl.to_dict(), index=kb.id, retriever=cfg.retriever().model_dump(mode="json"),
                              chunks=len(kb.chunks), finetune=tuned.artifact.model_dump(mode="json"))
-        return self._prepared(ctx, art, tuned)
+        return self._prepared(ctx, art, tuned.backend)
 
     def load(self, ctx: RungContext, artifact: RungArtifact) -> Prepared:
         assert isinstance(artifact, HybridArtifact)
         tuned = Finetune().load(ctx, FinetuneArtifact.model_validate(artifact.finetune))
-        return self._prepared(ctx, artifact, tuned)
-
-    @staticmethod
-    def _prepared(ctx: RungContext, art: HybridArtifact, tuned: Prepared) -> Prepared:
-        retriever = RetrieverSpec.model_validate(art.retriever)
-        tpl = PromptTemplate.from_dict(art.prompt)
-        planner = RetrievalPrompt(ctx.knowledge(retriever), retriever, tpl)
-        return RetrievalPrepared(art, tpl, backend=tuned.backend, per_example=planner.plan, retrieval=planner)
-
-    def estimate(self, ctx: RungContext, sample: Sequence[Example]) -> TokenEstimate | None:
-        return None
-
-    def predict(self, prepared: Prepared, examples: Sequence[Example], backend: Any, params: GenParams,
-                progress: Any = None) -> list[Answer]:
-        return answer_with_passages(self, prepared, examples, backend, params, progress)
-
-    def finalize(self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult],
-                 scored: Scored) -> None:
-        art = prepared.artifact
-        assert isinstance(art, HybridArtifact)
-        cfg: RagConfig = ctx.config
-        measure_retrieval(ctx, RetrieverSpec.model_validate(art.retriever), art, scored, result.predictions, cfg.judge)
+        return self._prepared(ctx, artifact, tuned.backend)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SerializeAsAny, field_validator
 
+from rungwise.backends.base import Backend
 from rungwise.config.knowledge import RetrieverSpec
 from rungwise.config.model import ModelSpec, model_spec_from
 from rungwise.errors import DataError
@@ -217,18 +218,20 @@ class Rag(Rung):
         kb = ctx.knowledge(cfg.retriever())
         art = RagArtifact(prompt=tpl.to_dict(), index=kb.id, retriever=cfg.retriever().model_dump(mode="json"),
                           chunks=len(kb.chunks))
-        return self._prepared(ctx, art, cfg)
+        return self._prepared(ctx, art)
 
     def load(self, ctx: RungContext, artifact: RungArtifact) -> Prepared:
         assert isinstance(artifact, RagArtifact)
-        return self._prepared(ctx, artifact, ctx.config)
+        return self._prepared(ctx, artifact)
 
     @staticmethod
-    def _prepared(ctx: RungContext, art: RagArtifact, cfg: RagConfig) -> Prepared:
+    def _prepared(ctx: RungContext, art: RagArtifact, backend: Backend | None = None) -> Prepared:
+        """The rung ready to answer: its index opened, each input's passages retrieved when asked;
+        ``backend`` answers (None: the climb's shared model)."""
         retriever = RetrieverSpec.model_validate(art.retriever)
         tpl = PromptTemplate.from_dict(art.prompt)
         planner = RetrievalPrompt(ctx.knowledge(retriever), retriever, tpl)
-        return RetrievalPrepared(art, tpl, per_example=planner.plan, retrieval=planner)
+        return RetrievalPrepared(art, tpl, backend=backend, per_example=planner.plan, retrieval=planner)
 
     def estimate(self, ctx: RungContext, sample: Sequence[Example]) -> TokenEstimate | None:
         return None  # what it retrieves decides its tokens: a climb measures them
