@@ -129,3 +129,16 @@ def test_the_metric_names_the_format_to_constrain(tmp_path: Path, metric: str, o
     task = _task(tmp_path, labels=None, metric={"name": metric, "options": options})
     c = get_metric(task.metric, task.labels, task.base_dir).constraint()
     assert c is not None and c.kind == kind
+
+
+@pytest.mark.model
+def test_classic_embeddings_variant_fits_saves_and_reloads(tmp_path: Path) -> None:
+    task = _task(tmp_path, rungs={"order": ["classic", "classic_emb"], "classic_emb": {"use": "classic",
+                                                                                        "variant": "embeddings_lr"}})
+    res = climb(task, all_rungs=True)
+    emb = res.rungs[1]
+    assert emb.rung == "classic_emb" and emb.artifact["variant"] == "embeddings_lr" and emb.metric.value >= 0.9
+    from rungwise.classic import ClassicModel
+
+    again = ClassicModel.load(emb.artifact["directory"])
+    assert again.predict(["ticket 1 about password login number 7"]) == ["account"]

