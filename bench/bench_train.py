@@ -195,7 +195,7 @@ def heldout_loss(adapter: str, n: int, n_eval: int) -> float:
     tot = n_tok = 0.0
     with torch.no_grad():
         for s in range(0, len(enc), 16):
-            loss_sum, k = lm(**collate(enc[s : s + 16], tok.pad_token_id, packing=False))
+            loss_sum, k = lm(**collate(enc[s : s + 16], tok.pad_token_id))
             tot += float(loss_sum)
             n_tok += float(k)
     return tot / n_tok
