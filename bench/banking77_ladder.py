@@ -31,7 +31,7 @@ from rungwise.data.split import stratified_sample  # noqa: E402
 from rungwise.evaluate.registry import get_metric  # noqa: E402
 from rungwise.evaluate.stats import bootstrap_ci  # noqa: E402
 from rungwise.prompting import PromptTemplate, system_prompt  # noqa: E402
-from rungwise.train.trainer import finetune, load_tuned_backend  # noqa: E402
+from rungwise.train.trainer import finetune, load_tuned_backend, plan_training  # noqa: E402
 
 TASK_FILE = ROOT / "benchmarks" / "banking77" / "task.yaml"
 
@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--eval-every", type=int, default=150, help="validation (and checkpoint) interval in steps")
     ap.add_argument("--work", type=Path, default=Path("/tmp/rungwise-banking77"))
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
     ap.add_argument("--no-forgetting", action="store_true", help="skip the MMLU forgetting check")
@@ -147,7 +148,8 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "eval_every": 150}
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "eval_every": args.eval_every,
+                 "prompt": "minimal", "budget_minutes": None}
     if args.lr:
         overrides["learning_rate"] = args.lr
     task = banking77_task(overrides)
@@ -169,7 +171,9 @@ def main() -> None:
     if args.partial:
         backend, res = partial_run(task, args.work / "ft", train)
     else:
-        res = finetune(task, train, args.work / "ft", system_prompt="", progress=False, on_step=log)
+        plan = plan_training(task, train, args.work / "ft")
+        print(plan.summary(), flush=True)
+        res = finetune(task, train, args.work / "ft", progress=False, on_step=log, plan=plan)
         backend = load_tuned_backend(res, task)
     print(json.dumps({k: v for k, v in res.to_dict().items() if k != "history"}, indent=1), flush=True)
 

@@ -747,13 +747,18 @@ def _setup(task: Any, train: Sequence[Example], out_dir: Path, system_prompt: st
 # -- the plan -----------------------------------------------------------------------------------
 
 
-def _measure_speed(run: _Run) -> tuple[float, float]:
-    """Seconds per computed token of a forward + backward pass and of a forward pass, timed on a
-    typical micro-batch of this run (the median by size) on the loaded model.
+#: The timed warm-up pass covers about this many computed tokens (a few seconds on a laptop CPU).
+_WARMUP_TOKENS = 512
 
-    The first pass is not timed (memory allocation, kernel selection). Nothing changes: the
-    gradients are dropped, the random state is restored, no optimizer step is taken; the pass
-    goes through the unwrapped module, so no DDP gradient sync happens either.
+
+def _measure_speed(run: _Run) -> tuple[float, float]:
+    """Seconds per computed token of a forward + backward pass and of a forward pass, timed on the
+    loaded model with examples of a typical micro-batch of this run (the median by size, cut to
+    about ``_WARMUP_TOKENS`` computed tokens so that measuring stays cheap).
+
+    A one-example pass goes first, untimed (memory allocation, kernel selection). Nothing
+    changes: the gradients are dropped, the random state is restored, no optimizer step is
+    taken; the passes go through the unwrapped module, so no DDP gradient sync happens either.
     """
     torch = require("torch")
     rng = _rng_state()
@@ -762,22 +767,23 @@ def _measure_speed(run: _Run) -> tuple[float, float]:
         key=lambda b: computed_tokens(b, run.layout),
     )
     batch = micro[len(micro) // 2]
+    while len(batch) > 1 and computed_tokens(batch, run.layout) > _WARMUP_TOKENS:
+        batch = batch[:-1]
     n = computed_tokens(batch, run.layout)
-    x = run.tensors(batch)
 
-    def forward_backward() -> None:
+    def forward_backward(examples: list[Encoded]) -> float:
+        t0 = time.perf_counter()
         with run.autocast():
-            loss_sum, _ = run.loss_mod(**x)
+            loss_sum, _ = run.loss_mod(**run.tensors(examples))
         loss_sum.backward()
+        return time.perf_counter() - t0
 
-    forward_backward()
-    t0 = time.perf_counter()
-    forward_backward()
-    train_s = (time.perf_counter() - t0) / n
+    forward_backward(batch[:1])
+    train_s = forward_backward(batch) / n
     run.optimizer.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     with torch.no_grad(), run.autocast():
-        run.loss_mod(**x)
+        run.loss_mod(**run.tensors(batch))
     eval_s = (time.perf_counter() - t0) / n
     _set_rng_state(rng)
     return train_s, eval_s
@@ -809,43 +815,53 @@ def plan_training(
     t0 = time.perf_counter()
     run = _setup(task, train, Path(out_dir), system_prompt, resume)
     if isinstance(run, FinetuneResult):
-        return TrainingPlan(
-            prompt=run.prompt, n_available=run.n_available or run.n_train + run.n_val, n_train=run.n_train,
-            n_val=run.n_val, n_skipped=run.n_skipped, epochs=spec.epochs, steps=run.steps, start_step=run.steps,
-            steps_per_epoch=max(1, round(run.steps / max(run.epochs_run, 1e-9))), evaluations=0,
-            example_tokens_per_epoch=0, computed_tokens_per_epoch=0, computed_tokens=0, layout=run.layout, prefix_tokens=0,
-            device=run.device, world_size=run.world_size, train_s_per_token=0.0, eval_s_per_token=0.0,
-            warmup_seconds=time.perf_counter() - t0, estimated_seconds=0.0, budget_minutes=spec.budget_minutes,
-            usd_per_hour=usd_per_hour, max_train_examples=spec.max_train_examples, finished=True, _run=run,
-        )
+        return _reuse_plan(run, spec, usd_per_hour, time.perf_counter() - t0)
     train_s, eval_s = _measure_speed(run)
-    start = run.state.step
-    epoch_tokens = computed_epoch = remaining = 0
-    for s in range(max(run.steps_per_epoch, run.total_steps)):
-        step = run.step_plan(s)
-        mine = sum(computed_tokens([run.enc_train[i] for i in parts[run.rank]], run.layout) for parts in step)
-        if s < run.steps_per_epoch:
-            computed_epoch += sum(computed_tokens([run.enc_train[i] for i in part], run.layout) for parts in step for part in parts)
-            epoch_tokens += sum(len(run.enc_train[i]) for parts in step for part in parts for i in part)
-        if start <= s < run.total_steps:
-            remaining += mine
-    evals = sum(1 for s in range(start + 1, run.total_steps + 1) if s % run.eval_every == 0 or s == run.total_steps)
-    mine_val = sorted(range(len(run.enc_val)), key=lambda i: len(run.enc_val[i]))[run.rank :: run.world]
-    val_tokens = sum(
-        computed_tokens([run.enc_val[i] for i in mine_val[k : k + spec.batch_size]], run.layout)
-        for k in range(0, len(mine_val), spec.batch_size)
-    )
+    t = _count_tokens(run)
+    evals = sum(1 for s in range(run.state.step + 1, run.total_steps + 1) if s % run.eval_every == 0 or s == run.total_steps)
+    evals = evals if run.enc_val else 0
     return TrainingPlan(
         prompt=run.prompt, n_available=run.n_available, n_train=len(run.enc_train), n_val=len(run.enc_val),
         n_skipped=len(run.skipped), epochs=round(run.total_steps / run.steps_per_epoch, 4), steps=run.total_steps,
-        start_step=start, steps_per_epoch=run.steps_per_epoch, evaluations=evals if run.enc_val else 0,
-        example_tokens_per_epoch=epoch_tokens, computed_tokens_per_epoch=computed_epoch, computed_tokens=remaining,
-        layout=run.layout,
-        prefix_tokens=run.prefix_tokens, device=run.device, world_size=run.world, train_s_per_token=train_s,
-        eval_s_per_token=eval_s, warmup_seconds=time.perf_counter() - t0,
-        estimated_seconds=remaining * train_s + (evals * val_tokens * eval_s if run.enc_val else 0.0),
+        start_step=run.state.step, steps_per_epoch=run.steps_per_epoch, evaluations=evals,
+        example_tokens_per_epoch=t["epoch"], computed_tokens_per_epoch=t["epoch_computed"], computed_tokens=t["remaining"],
+        layout=run.layout, prefix_tokens=run.prefix_tokens, device=run.device, world_size=run.world,
+        train_s_per_token=train_s, eval_s_per_token=eval_s, warmup_seconds=time.perf_counter() - t0,
+        estimated_seconds=t["remaining"] * train_s + evals * t["validation"] * eval_s,
         budget_minutes=spec.budget_minutes, usd_per_hour=usd_per_hour, max_train_examples=spec.max_train_examples,
         _run=run,
+    )
+
+
+def _count_tokens(run: _Run) -> dict[str, int]:
+    """Tokens of the run, from its (deterministic) batch plan: ``epoch`` (every token of the first
+    epoch's examples, all processes), ``epoch_computed`` (what the model computes for them),
+    ``remaining`` (computed by this process in the steps still to run), ``validation`` (computed by
+    this process in one validation pass)."""
+    enc, layout = run.enc_train, run.layout
+    out = {"epoch": 0, "epoch_computed": 0, "remaining": 0, "validation": 0}
+    for s in range(max(run.steps_per_epoch, run.total_steps)):
+        step = run.step_plan(s)
+        if s < run.steps_per_epoch:
+            out["epoch"] += sum(len(enc[i]) for parts in step for part in parts for i in part)
+            out["epoch_computed"] += sum(computed_tokens([enc[i] for i in part], layout) for parts in step for part in parts)
+        if run.state.step <= s < run.total_steps:
+            out["remaining"] += sum(computed_tokens([enc[i] for i in parts[run.rank]], layout) for parts in step)
+    mine = sorted(range(len(run.enc_val)), key=lambda i: len(run.enc_val[i]))[run.rank :: run.world]
+    bs = run.spec.batch_size
+    out["validation"] = sum(computed_tokens([run.enc_val[i] for i in mine[k : k + bs]], layout) for k in range(0, len(mine), bs))
+    return out
+
+
+def _reuse_plan(prev: FinetuneResult, spec: FinetuneSpec, usd_per_hour: float | None, seconds: float) -> TrainingPlan:
+    """The plan of a finished run that is reused as is: nothing left to train."""
+    return TrainingPlan(
+        prompt=prev.prompt, n_available=prev.n_available or prev.n_train + prev.n_val, n_train=prev.n_train,
+        n_val=prev.n_val, n_skipped=prev.n_skipped, epochs=prev.epochs_run, steps=prev.steps, start_step=prev.steps,
+        steps_per_epoch=0, evaluations=0, example_tokens_per_epoch=0, computed_tokens_per_epoch=0, computed_tokens=0,
+        layout=prev.layout, prefix_tokens=0, device=prev.device, world_size=prev.world_size, train_s_per_token=0.0,
+        eval_s_per_token=0.0, warmup_seconds=seconds, estimated_seconds=0.0, budget_minutes=spec.budget_minutes,
+        usd_per_hour=usd_per_hour, max_train_examples=spec.max_train_examples, finished=True, _run=prev,
     )
 
 
