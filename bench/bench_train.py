@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as _dt
 import json
 import os
 import random
@@ -42,14 +43,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _md import ROOT, SHARED, machine, today, write_section  # noqa: E402
+from _md import ROOT, SHARED, machine, write_section  # noqa: E402
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 SAMPLE_TASK = ROOT / "src" / "rungwise" / "templates" / "ticket-routing" / "task.yaml"
 #: Per shape: train examples, held-out examples, steps, what the shape is.
 SHAPES = {
-    "sample": {"n": 159, "n_eval": 53, "steps": 20, "what": "sample task, full prompt"},
-    "banking77": {"n": 256, "n_eval": 64, "steps": 32, "what": "BANKING77, minimal prompt"},
+    "sample": {"n": 160, "n_eval": 52, "steps": 12, "what": "sample task, full prompt"},
+    "banking77": {"n": 256, "n_eval": 64, "steps": 24, "what": "BANKING77, minimal prompt"},
 }
 GOALS = {"sample": 3.0, "banking77": 2.0}
 
@@ -308,6 +309,7 @@ def main() -> None:
                     help="torch threads per run (1: on a shared machine a second thread mostly waits for a busy core)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/rungwise-bench-train"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--write-only", action="store_true", help="write the section from the last run's saved results")
     # one run, in a child process
     ap.add_argument("--child", choices=["rungwise", "trl", "peak"])
     ap.add_argument("--shape", choices=sorted(SHAPES))
@@ -329,6 +331,12 @@ def main() -> None:
         import trl
     except ImportError:
         sys.exit("TRL is not installed: pip install 'rungwise[bench]'")
+    saved = args.work / "results.json"
+    if args.write_only:
+        d = json.loads(saved.read_text())
+        write_section("train", _section(argparse.Namespace(**d["args"]), d["results"], d["peak"], d["trl"], d["t_start"],
+                                        d["load_start"], d["load_end"], d["minutes"]))
+        return
     t_start, load_start = time.time(), _load_avg()
     results: dict[str, dict] = {}
     for shape in args.shapes:
@@ -362,12 +370,17 @@ def main() -> None:
                        env=peak_env, check=True)
     peak = json.loads(p.stdout.strip().splitlines()[-1])
     print("matmul peak", peak, flush=True)
+    minutes = (time.time() - t_start) / 60
+    keep = {k: v for k, v in vars(args).items() if k in ("batch_size", "lr", "repeats", "threads")}
+    saved.write_text(json.dumps({"args": keep, "results": results, "peak": peak, "trl": trl.__version__, "t_start": t_start,
+                                 "load_start": load_start, "load_end": _load_avg(), "minutes": minutes}, indent=1))
     if args.no_write:
         return
-    write_section("train", _section(args, results, peak, trl.__version__, t_start, load_start))
+    write_section("train", _section(args, results, peak, trl.__version__, t_start, load_start, _load_avg(), minutes))
 
 
-def _section(args: argparse.Namespace, results: dict, peak: dict, trl_version: str, t_start: float, load_start: str) -> str:
+def _section(args: argparse.Namespace, results: dict, peak: dict, trl_version: str, t_start: float, load_start: str,
+             load_end: str, minutes: float) -> str:
     rows = []
     notes = []
     for shape, r in results.items():
@@ -389,11 +402,10 @@ def _section(args: argparse.Namespace, results: dict, peak: dict, trl_version: s
             f"Held-out loss on {s['n_eval']} unseen examples: rungwise {g['heldout']:.3f}, TRL {t['heldout']:.3f}. "
             f"Model FLOPs per example token: {r['flops_per_token'] / 1e9:.2f} GFLOP."
         )
-    minutes = (time.time() - t_start) / 60
     return f"""## train: LoRA training throughput, rungwise vs TRL SFTTrainer
 
-Measured {today()} on {machine()}; 2 cores shared with other jobs (load average {load_start} at the start,
-{_load_avg()} at the end; whole run {minutes:.0f} min). No GPU. Both: embedded SmolLM2-135M-Instruct, LoRA r={LORA['r']}
+Measured {_dt.date.fromtimestamp(t_start).isoformat()} on {machine()}; 2 cores shared with other jobs (load average
+{load_start} at the start, {load_end} at the end; whole run {minutes:.0f} min). No GPU. Both: embedded SmolLM2-135M-Instruct, LoRA r={LORA['r']}
 alpha={LORA['alpha']} dropout={LORA['dropout']} on all linear layers, chat template, loss on the answer only, batch
 {args.batch_size}, lr {args.lr:g} linear with 10% warmup, {results[next(iter(results))]['summary']['rungwise']['dtype']} compute,
 TRL {trl_version} with its defaults otherwise (gradient checkpointing off, as in rungwise). {args.repeats} alternating runs

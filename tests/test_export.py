@@ -160,6 +160,8 @@ def test_model_card_records_provenance(tuned, tmp_path: Path) -> None:
     assert prov["training_data"]["sha256"] == res.data_hash and prov["hyperparameters"]["r"] == 16
     assert prov["metrics"]["full prompt"]["ci_low"] == 0.85 and prov["forgetting"]["warning"] is True
     assert prov["date"] == "2026-01-02" and prov["rungwise_version"]
+    # the prompt shape it was trained on, so that users send the same one
+    assert prov["training_data"]["prompt_shape"] == res.prompt and f"- prompt: {res.prompt}" in text
     assert "[0.8500, 0.9500]" in text and "Warning: general ability dropped" in text
 
 
