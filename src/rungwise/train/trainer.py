@@ -820,6 +820,11 @@ def plan_training(
     t = _count_tokens(run)
     evals = sum(1 for s in range(run.state.step + 1, run.total_steps + 1) if s % run.eval_every == 0 or s == run.total_steps)
     evals = evals if run.enc_val else 0
+    estimate = t["remaining"] * train_s + evals * t["validation"] * eval_s
+    if run.world > 1:
+        # Every process must take the same budget decision: the slowest one's estimate.
+        torch = require("torch")
+        estimate = float(run.acc.gather(torch.tensor([estimate], dtype=torch.float64, device=run.device)).max())
     return TrainingPlan(
         prompt=run.prompt, n_available=run.n_available, n_train=len(run.enc_train), n_val=len(run.enc_val),
         n_skipped=len(run.skipped), epochs=round(run.total_steps / run.steps_per_epoch, 4), steps=run.total_steps,
@@ -827,7 +832,7 @@ def plan_training(
         example_tokens_per_epoch=t["epoch"], computed_tokens_per_epoch=t["epoch_computed"], computed_tokens=t["remaining"],
         layout=run.layout, prefix_tokens=run.prefix_tokens, device=run.device, world_size=run.world,
         train_s_per_token=train_s, eval_s_per_token=eval_s, warmup_seconds=time.perf_counter() - t0,
-        estimated_seconds=t["remaining"] * train_s + evals * t["validation"] * eval_s,
+        estimated_seconds=estimate,
         budget_minutes=spec.budget_minutes, usd_per_hour=usd_per_hour, max_train_examples=spec.max_train_examples,
         _run=run,
     )
