@@ -243,6 +243,7 @@ def test_plan_counts_the_run_and_finetune_follows_it(tiny: Path, tmp_path: Path)
     assert plan.prompt == "full" and plan.layout == "shared_prefix" and plan.prefix_tokens > 20
     assert plan.computed_tokens_per_epoch < plan.example_tokens_per_epoch
     assert plan.train_s_per_token > 0 and plan.estimated_seconds > 0 and plan.estimated_cost_usd is None
+    assert json.loads(json.dumps(plan.to_dict()))["steps"] == 12  # what a run record stores
     line = plan.summary()
     assert "24 examples" in line and "full prompt" in line and "12 steps" in line and "shared prefix" in line
     res = finetune(task, _data(30), tmp_path / "ft", progress=False, plan=plan)

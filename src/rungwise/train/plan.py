@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rungwise.errors import ConfigError
@@ -72,7 +72,8 @@ class TrainingPlan:
         return 0 if self.finished else self.steps - self.start_step
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        """The plan as JSON-able values (what a run record stores), without the loaded model."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
         d["estimated_cost_usd"] = self.estimated_cost_usd
         return d
 
