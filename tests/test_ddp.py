@@ -15,7 +15,6 @@ import pytest
 
 from rungwise.config.task import load_task
 from rungwise.data.dataset import load_split
-from rungwise.prompting import system_prompt
 from rungwise.train.trainer import finetune
 
 pytestmark = pytest.mark.model
@@ -55,7 +54,7 @@ def test_two_cpu_processes_match_one_process(tiny_llama_dir: Path, tmp_path: Pat
     # One process, 4 examples per step.
     t1 = load_task(_write_task(tmp_path, tiny_llama_dir, 4))
     split = load_split(t1)
-    single = finetune(t1, split.train, tmp_path / "one", system_prompt=system_prompt(t1.instructions, t1.labels), progress=False)
+    single = finetune(t1, split.train, tmp_path / "one", progress=False)
 
     # Two processes x 2 examples per step: the same global batch.
     t2 = _write_task(tmp_path, tiny_llama_dir, 2)

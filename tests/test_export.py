@@ -94,11 +94,11 @@ def test_too_few_examples(tmp_path: Path) -> None:
 
 
 def test_alpaca_and_sharegpt_from_a_task_file(tmp_path: Path) -> None:
+    """A task file exports what its fine-tune trains on: the prompt shape of rungs.finetune.prompt."""
     rows = [{"input": f"{LABELS[i % 3]} text {i}", "output": LABELS[i % 3]} for i in range(30)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "task.yaml").write_text(
-        "name: t\ndata: {path: d.jsonl, test_fraction: 0.2}\ninstructions: Route it.\nlabels: [refund, shipping, account]\n"
-    )
+    task = "name: t\ndata: {path: d.jsonl, test_fraction: 0.2}\ninstructions: Route it.\nlabels: [refund, shipping, account]\n"
+    (tmp_path / "task.yaml").write_text(task + "rungs: {finetune: {prompt: full}}\n")
     rep = export(tmp_path / "task.yaml", "alpaca", tmp_path / "alpaca.jsonl")
     al = _lines(tmp_path / "alpaca.jsonl")
     assert rep.n_examples == len(al) == 24  # the train split only: the test split never leaves
@@ -107,6 +107,10 @@ def test_alpaca_and_sharegpt_from_a_task_file(tmp_path: Path) -> None:
     export(tmp_path / "task.yaml", "sharegpt", tmp_path / "sharegpt.jsonl")
     sg = _lines(tmp_path / "sharegpt.jsonl")
     assert [t["from"] for t in sg[0]["conversations"]] == ["system", "human", "gpt"]
+    # The default, minimal prompt: the input alone, no instructions.
+    (tmp_path / "task.yaml").write_text(task)
+    export(tmp_path / "task.yaml", "sharegpt", tmp_path / "minimal.jsonl")
+    assert [t["from"] for t in _lines(tmp_path / "minimal.jsonl")[0]["conversations"]] == ["human", "gpt"]
     test_inputs = {r["input"] for r in rows} - {a["input"] for a in al}
     assert len(test_inputs) == 6 and not test_inputs & {t["conversations"][1]["value"] for t in sg}
 
@@ -156,6 +160,8 @@ def test_model_card_records_provenance(tuned, tmp_path: Path) -> None:
     assert prov["training_data"]["sha256"] == res.data_hash and prov["hyperparameters"]["r"] == 16
     assert prov["metrics"]["full prompt"]["ci_low"] == 0.85 and prov["forgetting"]["warning"] is True
     assert prov["date"] == "2026-01-02" and prov["rungwise_version"]
+    # the prompt shape it was trained on, so that users send the same one
+    assert prov["training_data"]["prompt_shape"] == res.prompt and f"- prompt: {res.prompt}" in text
     assert "[0.8500, 0.9500]" in text and "Warning: general ability dropped" in text
 
 

@@ -4,6 +4,7 @@ early stopping, artifacts, and the tuned backend."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def test_loss_is_the_mean_over_answer_tokens_like_hf(tiny: Path) -> None:
 
     model, tok = models.load_causal_lm(models.resolve(str(tiny)))
     enc, _ = encode_examples(tok, _data(5), "sys", 128)
-    b = collate(enc, tok.pad_token_id, packing=False)
+    b = collate(enc, tok.pad_token_id)
     loss_sum, n = _make_loss_module(model)(**b)
     with torch.no_grad():
         ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
@@ -111,7 +112,7 @@ def test_packed_examples_do_not_attend_to_each_other(tiny: Path) -> None:
 
     model, tok = models.load_causal_lm(models.resolve(str(tiny)))
     enc, _ = encode_examples(tok, _data(3), "sys", 128)
-    packed = collate(enc, tok.pad_token_id, packing=True)
+    packed = collate(enc, tok.pad_token_id, "packed")
     with torch.no_grad():
         # use_cache=False as in the trainer: with a KV cache transformers skips packed-sequence masking.
         logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
@@ -122,7 +123,7 @@ def test_packed_examples_do_not_attend_to_each_other(tiny: Path) -> None:
             start += len(e)
         lm = _make_loss_module(model)
         s_packed, n_packed = lm(**packed)
-        s_padded, n_padded = lm(**collate(enc, tok.pad_token_id, packing=False))
+        s_padded, n_padded = lm(**collate(enc, tok.pad_token_id))
     assert n_packed == n_padded and torch.allclose(s_packed, s_padded, rtol=1e-4)
 
 
@@ -140,7 +141,11 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny: Path, tmp_path: Path)
         finetune(task, data, tmp_path / "b", system_prompt="", progress=False, on_step=stop_at_3)
     state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3 and not (tmp_path / "b" / "result.json").exists()
-    resumed = finetune(task, data, tmp_path / "b", system_prompt="", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = finetune(task, data, tmp_path / "b", system_prompt="", progress=False)
+    # Neither torch's "lr_scheduler.step() before optimizer.step()" nor a deprecated transformers alias.
+    assert not [str(w.message) for w in caught if issubclass(w.category, (UserWarning, FutureWarning, DeprecationWarning))]
     assert resumed.resumed_from_step == 3 and resumed.steps == 6
     a, b = _adapter(full), _adapter(resumed)
     assert a.keys() == b.keys()
@@ -155,27 +160,151 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny: Path, tmp_path: Path)
 
 
 def test_early_stopping_keeps_the_best_validated_weights(tiny: Path, tmp_path: Path) -> None:
+    """Validation answers contradict the training answers for the same input: the better the model
+    fits the training answer, the worse its validation loss, so the run must stop early and keep
+    the best validated weights, not the last ones.
+
+    (This test used to rely on a learning rate "far too high" making the validation loss rise; that
+    holds for some random tiny models and not others: 3 in 10 draws never stopped early. A
+    contradiction between train and validation answers makes the rise certain.)"""
+    import torch
+
+    from rungwise.train.data import split_validation
+    from rungwise.train.trainer import _make_loss_module
+
+    task = _task(tiny, max_steps=30, eval_every=1, early_stopping_patience=2, bf16=False)
+    spec = task.rungs.finetune
+    # `label` (a group key) drives the stratified validation slice; `output` is what is trained on.
+    data = [Example(input="Which team handles this?", output="refund", label=LABELS[i % 3], source=f"d:{i}") for i in range(30)]
+    _, val = split_validation(data, spec.val_fraction, seed=spec.seed, vmin=spec.val_min, vmax=spec.val_max)
+    data = [
+        Example(input=ex.input, output="account" if ex in val else "refund", label=ex.label, source=ex.source) for ex in data
+    ]
+    res = finetune(task, data, tmp_path / "ft", system_prompt="", progress=False)
+    vals = [h["val_loss"] for h in res.history]
+    assert res.n_val == len(val) and res.stopped_early and res.steps < 30
+    assert res.best_val_loss == min(vals) and res.best_step == res.steps - 2
+    # The saved adapter is the best one: its validation loss is the best validation loss.
+    model, tok = load_tuned_model(res, task, merge=False)
+    val_rows = [json.loads(line) for line in (tmp_path / "ft" / "val.jsonl").read_text().splitlines()]
+    assert {r["messages"][-1]["content"] for r in val_rows} == {"account"}
+    enc, _ = encode_examples(tok, [Example(input=r["messages"][-2]["content"], output="account") for r in val_rows], "", 512)
+    with torch.no_grad():
+        s, n = _make_loss_module(model)(**collate(enc, tok.pad_token_id))
+    assert float(s / n) == pytest.approx(res.best_val_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prefix_gives_the_padded_loss_and_gradients(tiny: Path, attention: str) -> None:
+    """The common prompt prefix computed once per batch: the same loss, and the same gradient on
+    every adapter weight (gradients from every example flow back through the one prefix)."""
     import torch
 
     from rungwise import models
-    from rungwise.train.trainer import _make_loss_module
+    from rungwise.train.config import FinetuneSpec
+    from rungwise.train.data import shared_prefix_length
+    from rungwise.train.trainer import _make_loss_module, _wrap_peft
 
-    # A learning rate far too high: validation loss gets worse after the first evaluations.
-    task = _task(tiny, max_steps=30, eval_every=1, learning_rate=0.3, early_stopping_patience=2, bf16=False)
-    data = _data(30)
-    res = finetune(task, data, tmp_path / "ft", system_prompt="", progress=False)
-    vals = [h["val_loss"] for h in res.history]
-    assert res.stopped_early and res.steps < 30
-    assert res.best_val_loss == min(vals) and res.best_step < res.steps
-    # The saved adapter is the best one: its validation loss is the best validation loss.
-    model, tok = load_tuned_model(res, task, merge=False)
-    val = [Example(input=r["messages"][-2]["content"], output=r["messages"][-1]["content"])
-           for r in map(json.loads, (tmp_path / "ft" / "val.jsonl").read_text().splitlines())]
-    enc, _ = encode_examples(tok, val, "", 512)
-    with torch.no_grad():
-        s, n = _make_loss_module(model)(**collate(enc, tok.pad_token_id, packing=False))
-    assert float(s / n) == pytest.approx(res.best_val_loss, rel=1e-4)
-    del models
+    model, tok = models.load_causal_lm(models.resolve(str(tiny)))
+    model.set_attn_implementation(attention)
+    model = _wrap_peft(model, FinetuneSpec(dropout=0.0))
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at zero, which would leave A without gradient
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0.0, 0.05)
+    lm = _make_loss_module(model)
+    enc, _ = encode_examples(tok, _data(6), "Route the customer ticket to the right team. " * 3, 256)
+    assert shared_prefix_length(enc) > 20
+    losses, grads = {}, {}
+    for layout in ("padded", "shared_prefix"):
+        model.zero_grad()
+        s, n = lm(**collate(enc, tok.pad_token_id, layout))
+        (s / n).backward()
+        losses[layout] = float(s.detach() / n)
+        grads[layout] = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+    assert losses["shared_prefix"] == pytest.approx(losses["padded"], rel=1e-5)
+    assert grads["padded"].keys() == grads["shared_prefix"].keys()
+    for k, g in grads["padded"].items():
+        scale = g.abs().max().item()
+        assert scale > 0, k
+        # fp32 summation order differs between the layouts: equal to ~1e-6 of the largest entry
+        torch.testing.assert_close(grads["shared_prefix"][k], g, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_plan_counts_the_run_and_finetune_follows_it(tiny: Path, tmp_path: Path) -> None:
+    from rungwise.prompting import system_prompt
+    from rungwise.train.trainer import plan_training
+
+    task = _task(tiny, epochs=2, eval_every="epoch", prompt="full")
+    task.instructions = "Route the customer ticket to the team that handles it."
+    plan = plan_training(task, _data(30), tmp_path / "ft")
+    assert (plan.n_train, plan.n_val, plan.steps_per_epoch, plan.steps, plan.evaluations) == (24, 6, 6, 12, 2)
+    assert plan.prompt == "full" and plan.layout == "shared_prefix" and plan.prefix_tokens > 20
+    assert plan.computed_tokens_per_epoch < plan.example_tokens_per_epoch
+    assert plan.train_s_per_token > 0 and plan.estimated_seconds > 0 and plan.estimated_cost_usd is None
+    assert json.loads(json.dumps(plan.to_dict()))["steps"] == 12  # what a run record stores
+    line = plan.summary()
+    assert "24 examples" in line and "full prompt" in line and "12 steps" in line and "shared prefix" in line
+    res = finetune(task, _data(30), tmp_path / "ft", progress=False, plan=plan)
+    assert res.steps == plan.steps and res.prompt == "full" and res.layout == "shared_prefix"
+    assert res.system_prompt == system_prompt(task.instructions, task.labels)
+    assert res.train_tokens == 2 * plan.example_tokens_per_epoch
+    assert res.computed_tokens == plan.computed_tokens < res.train_tokens
+    assert res.estimated_seconds == pytest.approx(plan.estimated_seconds, abs=0.1)
+    # The finished run is found again, and planned as nothing to do.
+    again = plan_training(task, _data(30), tmp_path / "ft")
+    assert again.finished and again.remaining_steps == 0 and "reused" in again.summary()
+
+
+def test_default_prompt_is_minimal_and_a_cap_samples_the_train_split(tiny: Path, tmp_path: Path) -> None:
+    from rungwise.train.trainer import plan_training
+
+    task = _task(tiny, max_train_examples=12, max_steps=2)
+    task.instructions = "Route the ticket."
+    plan = plan_training(task, _data(30), tmp_path / "ft", usd_per_hour=3.6)
+    assert plan.n_available == 30 and plan.n_train + plan.n_val == 12
+    assert "capped from 30 by max_train_examples" in plan.summary()
+    assert plan.estimated_cost_usd == pytest.approx(plan.estimated_seconds / 1000)
+    res = finetune(task, _data(30), tmp_path / "ft", progress=False, plan=plan)
+    assert res.prompt == "minimal" and res.system_prompt == "" and res.n_available == 30
+    first = json.loads((tmp_path / "ft" / "train.jsonl").read_text().splitlines()[0])
+    assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
+    # the same labels keep their shares in the sample
+    labels = [json.loads(line)["messages"][-1]["content"] for line in (tmp_path / "ft" / "train.jsonl").read_text().splitlines()]
+    assert set(labels) == set(LABELS)
+
+
+def test_a_plan_over_the_budget_stops_before_training(tiny: Path, tmp_path: Path) -> None:
+    from rungwise.train.plan import TrainingBudgetExceeded
+
+    task = _task(tiny, epochs=3, budget_minutes=1e-6)
+    with pytest.raises(TrainingBudgetExceeded) as e:
+        finetune(task, _data(30), tmp_path / "ft", progress=False)
+    assert "budget of 1e-06 min" in str(e.value) and "budget_minutes" in str(e.value)
+    assert not (tmp_path / "ft" / "result.json").exists() and not (tmp_path / "ft" / "checkpoint").exists()
+
+
+def test_budget_error_lists_the_fixes_that_fit() -> None:
+    from rungwise.train.plan import TrainingBudgetExceeded, TrainingPlan
+
+    plan = TrainingPlan(
+        prompt="full", n_available=10_000, n_train=9_744, n_val=256, n_skipped=0, epochs=3, steps=3750, start_step=0,
+        steps_per_epoch=1250, evaluations=6, example_tokens_per_epoch=6_500_000, computed_tokens_per_epoch=1_300_000,
+        computed_tokens=3_900_000, layout="shared_prefix", prefix_tokens=600, device="cpu", world_size=1,
+        train_s_per_token=1 / 400, eval_s_per_token=1 / 1200, warmup_seconds=4.0, estimated_seconds=4 * 3600,
+        budget_minutes=60, usd_per_hour=0.5,
+    )
+    assert plan.estimated_cost_usd == pytest.approx(2.0)
+    with pytest.raises(TrainingBudgetExceeded) as e:
+        plan.check_budget()
+    msg = str(e.value)
+    assert "~4.0 h" in msg and "budget of 60 min" in msg and "400 tokens/s" in msg
+    # a quarter of the examples or of the epochs fits; the other fixes are named
+    for fix in ("max_train_examples: 2500", "prompt: minimal", "epochs: 0.7", "a GPU", "budget_minutes: 240"):
+        assert fix in msg, fix
+    plan.budget_minutes = 300
+    plan.check_budget()  # fits now
 
 
 def test_tuned_backend_prefers_the_trained_answers(tiny: Path, tmp_path: Path) -> None:

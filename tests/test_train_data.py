@@ -13,13 +13,16 @@ from rungwise.train.config import FinetuneSpec
 from rungwise.train.data import (
     IGNORE,
     collate,
+    computed_tokens,
     data_hash,
     encode_example,
     encode_examples,
     example_chat,
     plan_epoch,
     render_prompt,
+    shared_prefix_length,
     split_validation,
+    system_prompt_for,
 )
 from rungwise.types import Example
 
@@ -137,16 +140,44 @@ def test_length_grouping_cuts_padding() -> None:
 @pytest.mark.model  # the embedded model's tokenizer (converting its GGUF on first use)
 def test_collate_padded_and_packed(tok) -> None:
     encs, _ = encode_examples(tok, _examples(3), "sys", 128)
-    padded = collate(encs, tok.pad_token_id, packing=False)
+    padded = collate(encs, tok.pad_token_id)
     assert padded["input_ids"].shape == (3, max(map(len, encs)))
     assert padded["attention_mask"].sum().item() == sum(map(len, encs))
-    packed = collate(encs, tok.pad_token_id, packing=True)
+    packed = collate(encs, tok.pad_token_id, "packed")
     assert packed["input_ids"].shape == (1, sum(map(len, encs)))
     assert packed["attention_mask"] is None
     pos = packed["position_ids"][0].tolist()
     assert [i for i, p in enumerate(pos) if p == 0] == [0, len(encs[0]), len(encs[0]) + len(encs[1])]
     # Labels carry the same answer tokens in both layouts.
     assert (padded["labels"] != IGNORE).sum() == (packed["labels"] != IGNORE).sum()
+
+
+@pytest.mark.model  # the embedded model's tokenizer (converting its GGUF on first use)
+def test_collate_shared_prefix_holds_the_prefix_once(tok) -> None:
+    encs, _ = encode_examples(tok, _examples(3), "Route every ticket to one team. " * 4, 256)
+    p = shared_prefix_length(encs)
+    # The system prompt and the user turn's opening are shared; the labelled answer never is.
+    assert p > 30 and all(e.first_label > p for e in encs)
+    assert all(e.input_ids[:p] == encs[0].input_ids[:p] for e in encs)
+    b = collate(encs, tok.pad_token_id, "shared_prefix")
+    n = sum(map(len, encs)) - 2 * p
+    assert b["input_ids"].shape == (1, n) and computed_tokens(encs, "shared_prefix") == n
+    assert computed_tokens(encs, "padded") == 3 * max(map(len, encs))
+    # Each remainder continues the positions of the prefix, as in its example alone.
+    pos = b["position_ids"][0].tolist()
+    assert pos[:p] == list(range(p)) and pos[p : p + len(encs[0]) - p] == list(range(p, len(encs[0])))
+    mask = b["attention_mask"][0, 0]
+    second = p + len(encs[0]) - p  # first token of the second example's remainder
+    assert mask[second, :p].all() and not mask[second, p:second].any() and mask[second, second]
+    assert not mask[: p, p:].any()  # the prefix sees nothing after it
+    assert (b["labels"] != IGNORE).sum() == sum(e.n_label_tokens for e in encs)
+
+
+def test_system_prompt_for_each_shape() -> None:
+    assert system_prompt_for("minimal", "Route it.", ["a", "b"]) == ""
+    full = system_prompt_for("full", "Route it.", ["a", "b"])
+    assert full.startswith("Route it.") and "a, b" in full
+    assert FinetuneSpec().prompt == "minimal"
 
 
 def test_data_hash_ignores_order_but_not_content() -> None:
@@ -168,7 +199,8 @@ def test_finetune_spec_defaults_and_validation() -> None:
     with pytest.raises(ConfigError) as e:
         task_from_dict(yaml.safe_load(text), source="task.yaml", text=text)
     assert "task.yaml:7" in str(e.value) and "rungs.finetune.rank" in str(e.value) and "unknown field" in str(e.value)
-    for bad in ({"method": "dora"}, {"eval_every": 0}, {"target_modules": []}, {"val_min": 50, "val_max": 10}):
+    for bad in ({"method": "dora"}, {"eval_every": 0}, {"target_modules": []}, {"val_min": 50, "val_max": 10},
+                {"prompt": "short"}, {"budget_minutes": 0}, {"max_train_examples": 0}):
         with pytest.raises(ConfigError):
             task_from_dict({"name": "t", "data": {"path": "d.jsonl"}, "rungs": {"finetune": bad}})
 

@@ -17,19 +17,20 @@ from pathlib import Path
 
 
 def run(task_path: str, out: Path, *, resume: bool = True, progress: bool = True, max_steps: int | None = None) -> int:
-    """Load the task, split it, fine-tune on the train split; print a one-line summary. Returns 0."""
+    """Load the task, split it, print the training plan, fine-tune on the train split (on the prompt
+    shape of ``rungs.finetune.prompt``); print a one-line summary. Returns 0."""
     from rungwise.config.task import load_task
     from rungwise.data.dataset import load_split
-    from rungwise.prompting import system_prompt
-    from rungwise.train.trainer import finetune
+    from rungwise.train.trainer import finetune, plan_training
 
     task = load_task(task_path)
     if max_steps is not None:
         task.rungs.section("finetune").max_steps = max_steps
     split = load_split(task)
-    res = finetune(
-        task, split.train, out, system_prompt=system_prompt(task.instructions, task.labels), progress=progress, resume=resume
-    )
+    plan = plan_training(task, split.train, out, resume=resume)
+    if plan.world_size == 1 or _is_main():
+        print(plan.summary(), flush=True)
+    res = finetune(task, split.train, out, progress=progress, resume=resume, plan=plan)
     if res.world_size == 1 or _is_main():
         best = f", best val loss {res.best_val_loss:.4f} at step {res.best_step}" if res.best_val_loss is not None else ""
         print(

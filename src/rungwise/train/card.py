@@ -79,6 +79,7 @@ def provenance(
             "n_train": result.n_train,
             "n_validation": result.n_val,
             "n_skipped_too_long": result.n_skipped,
+            "prompt_shape": result.prompt,
             "system_prompt": result.system_prompt,
         },
         "hyperparameters": result.hyperparameters,
@@ -89,6 +90,9 @@ def provenance(
             "best_val_loss": result.best_val_loss,
             "stopped_early": result.stopped_early,
             "train_tokens": result.train_tokens,
+            "computed_tokens": result.computed_tokens,
+            "batch_layout": result.layout,
+            "estimated_seconds": result.estimated_seconds,
             "train_seconds": result.train_seconds,
             "tokens_per_s": result.tokens_per_s,
             "peak_mem_mb": result.peak_mem_mb,
@@ -157,7 +161,8 @@ def write_model_card(
         f"- {result.n_train} training examples, {result.n_val} held out for validation (early stopping, best "
         f"checkpoint), {result.n_skipped} skipped as longer than max_length; the test split was never used.",
         f"- data sha256 `{result.data_hash}`",
-        f"- system prompt: {json.dumps(result.system_prompt)}",
+        f"- prompt: {result.prompt} (system prompt {json.dumps(result.system_prompt)}); send the same prompt "
+        "when you use the model: it was trained on that shape only",
         "",
         "## Hyperparameters",
         "",

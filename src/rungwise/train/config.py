@@ -2,7 +2,9 @@
 
 Defaults follow common LoRA practice for small instruction models (r=16, alpha=32, all linear
 layers, lr 2e-4, 3 epochs) and are chosen so that a run on a laptop CPU finishes; a GPU user
-mostly raises ``batch_size``.
+mostly raises ``batch_size``. The adapter is trained on the minimal prompt by default (the
+input alone: the instructions and label list are baked into the weights), which the
+measurements in BENCHMARKS.md ("finetune-prompt") chose over the full prompt.
 
 Example:
     >>> spec = FinetuneSpec(method="full")
@@ -12,17 +14,21 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rungwise.config.base import Strict
 
+if TYPE_CHECKING:  # the task imports this module for its finetune section
+    from rungwise.config.task import Task
+
 #: Learning rates used when ``learning_rate`` is left unset: adapters tolerate (and need) a much
 #: larger step than updating every weight of the model.
 DEFAULT_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 
-
+#: What the adapter is trained on and scored with (see ``FinetuneSpec.prompt``).
+PromptShape = Literal["minimal", "full"]
 
 class ForgettingSpec(Strict):
     """The automatic forgetting check after every fine-tune: base and tuned model scored on a
@@ -106,6 +112,30 @@ class FinetuneSpec(Strict):
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on small GPUs).")
     seed: int = Field(0, description="Seed of the validation split, batch order, dropout and adapter init.")
+    prompt: PromptShape = Field(
+        "minimal",
+        description="What the adapter is trained on, and scored with: minimal = the input alone (the instructions "
+        "and label list are baked into the weights: the fewest tokens per call and the cheapest training); full = "
+        "the task's instructions + label list, as the prompting rungs send them.",
+    )
+    shared_prefix: bool | Literal["auto"] = Field(
+        "auto",
+        description="Compute the prompt prefix all examples of a batch share (system prompt, label list) once per "
+        "batch instead of once per example; the loss and gradients are the same. auto = on when the examples share "
+        "at least 16 tokens and the model's attention takes a custom mask (sdpa, eager).",
+    )
+    max_train_examples: int | None = Field(
+        None,
+        gt=0,
+        description="Train on at most this many examples of the train split (a seeded sample that keeps label "
+        "shares; the validation slice is carved from it). `rungwise climb --limit` sets it for a quick try.",
+    )
+    budget_minutes: float | None = Field(
+        60,
+        gt=0,
+        description="Refuse to start a training whose estimated wall time (measured on this machine before it "
+        "starts) exceeds this many minutes; null = no limit.",
+    )
     forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
 
     @field_validator("target_modules")
@@ -134,7 +164,14 @@ class FinetuneSpec(Strict):
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.method]
 
     def hyperparameters(self) -> dict[str, object]:
-        """What the model card and the run store record (the forgetting probe settings excluded)."""
-        d = self.model_dump(mode="json", exclude={"forgetting"})
+        """What the model card and the run store record: every setting that shapes the weights (not the
+        forgetting probe, not the time budget)."""
+        d = self.model_dump(mode="json", exclude={"forgetting", "budget_minutes"})
         d["learning_rate"] = self.lr
         return d
+
+
+def finetune_spec(task: Task) -> FinetuneSpec:
+    """The task's ``rungs.finetune`` settings (defaults when the section is absent)."""
+    spec: FinetuneSpec = task.rungs.section("finetune")
+    return spec

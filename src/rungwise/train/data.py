@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from rungwise import prompting
 from rungwise.prompting import PromptTemplate
+from rungwise.train.config import PromptShape, finetune_spec
 from rungwise.types import Chat, Example
 
 IGNORE = -100  # label value that cross-entropy skips
@@ -37,6 +40,11 @@ class Encoded:
     @property
     def n_label_tokens(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
+
+    @property
+    def first_label(self) -> int:
+        """Index of the first labelled token (the length when none is labelled)."""
+        return next((i for i, x in enumerate(self.labels) if x != IGNORE), len(self.labels))
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -87,6 +95,33 @@ def encode_example(tokenizer: Any, chat: Chat, answer: str, max_length: int, sou
     ids = prompt + completion
     labels = [IGNORE] * len(prompt) + completion
     return Encoded(tuple(ids), tuple(labels), source)
+
+
+def system_prompt_for(shape: PromptShape, instructions: str, labels: Sequence[str] | None) -> str:
+    """The system prompt a fine-tune is trained on, and scored with, for a prompt ``shape``.
+
+    ``full``: the task's instructions and label list, what the prompting rungs send. ``minimal``:
+    none at all (the model's chat template may still add its own default system turn), so that
+    the weights, not the prompt, carry the task.
+
+    >>> system_prompt_for("minimal", "Route the ticket.", ["billing", "bug"])
+    ''
+    >>> print(system_prompt_for("full", "Route the ticket.", ["billing", "bug"]))
+    Route the ticket.
+    <BLANKLINE>
+    Answer with exactly one label from this list and nothing else: billing, bug
+    """
+    return prompting.system_prompt(instructions, labels) if shape == "full" else ""
+
+
+def training_system_prompt(task: Any) -> str:
+    """The system prompt the task's fine-tune trains on and is scored with (``rungs.finetune.prompt``).
+
+    Example:
+        >>> training_system_prompt(task)  # doctest: +SKIP
+        ''
+    """
+    return system_prompt_for(finetune_spec(task).prompt, task.instructions, task.labels)
 
 
 def example_chat(ex: Example, system_prompt: str) -> Chat:
@@ -209,16 +244,54 @@ def plan_epoch(
     return steps
 
 
-def collate(batch: Sequence[Encoded], pad_id: int, packing: bool) -> dict[str, Any]:
-    """Tensors for one micro-batch.
+#: How a micro-batch is laid out for the model (see :func:`collate`).
+Layout = Literal["padded", "packed", "shared_prefix"]
 
-    ``packing=False``: a right-padded [B, L] matrix with an attention mask. ``packing=True``:
-    one row with the examples back to back and ``position_ids`` restarting at 0 for each; with
-    no attention mask, transformers derives a block-diagonal causal mask from the position
-    resets, so no example attends to another (checked by a test).
+
+def shared_prefix_length(batch: Sequence[Encoded]) -> int:
+    """Tokens every example of ``batch`` starts with that can be computed once for all of them.
+
+    The longest common prefix of the token ids, cut so that every labelled token is still
+    predicted from a position of its own example: a prefix never reaches the position before an
+    answer token (the answer starts later in every example anyway: the input differs).
+
+    Example:
+        >>> a = Encoded((1, 2, 3, 4, 5), (IGNORE, IGNORE, IGNORE, 4, 5))
+        >>> b = Encoded((1, 2, 3, 9, 5), (IGNORE, IGNORE, IGNORE, IGNORE, 5))
+        >>> shared_prefix_length([a, b])
+        2
+    """
+    if not batch:
+        return 0
+    # commonprefix compares the lexicographically smallest and largest sequences: C-speed min/max.
+    n = len(os.path.commonprefix([e.input_ids for e in batch]))  # type: ignore[type-var]
+    for e in batch:
+        n = min(n, e.first_label - 1)
+    return max(n, 0)
+
+
+def collate(batch: Sequence[Encoded], pad_id: int, layout: Layout = "padded") -> dict[str, Any]:
+    """Tensors for one micro-batch, in one of three layouts that give the same loss.
+
+    - ``padded``: a right-padded [B, L] matrix with an attention mask.
+    - ``packed``: one row with the examples back to back and ``position_ids`` restarting at 0
+      for each; with no attention mask, transformers derives a block-diagonal causal mask from
+      the position resets, so no example attends to another (checked by a test).
+    - ``shared_prefix``: one row holding the batch's common prefix (system prompt, label list)
+      once, then each example's remainder. A boolean [1, 1, T, T] mask lets every remainder
+      attend to the prefix and, causally, to itself only; positions continue from the prefix as
+      in the example alone. Each example sees exactly the keys and values it would see alone, so
+      the loss and the gradients are those of the padded layout (gradients from every example
+      flow back through the one prefix computation), while the prefix is computed once per
+      micro-batch instead of once per example.
+
+    Example:
+        >>> b = collate(encoded[:8], tok.pad_token_id, "shared_prefix")  # doctest: +SKIP
+        >>> b["attention_mask"].shape  # doctest: +SKIP
+        torch.Size([1, 1, 912, 912])
     """
     torch = __import__("torch")
-    if packing:
+    if layout == "packed":
         ids: list[int] = []
         labels: list[int] = []
         pos: list[int] = []
@@ -233,6 +306,28 @@ def collate(batch: Sequence[Encoded], pad_id: int, packing: bool) -> dict[str, A
             "position_ids": torch.tensor([pos]),
             "attention_mask": None,
         }
+    if layout == "shared_prefix":
+        p = shared_prefix_length(batch)
+        ids = list(batch[0].input_ids[:p])
+        labels = [IGNORE] * p
+        pos = list(range(p))
+        segment = [0] * p  # 0: the shared prefix; k: example k
+        for k, e in enumerate(batch, 1):
+            ids.extend(e.input_ids[p:])
+            # labels[p] is IGNORE (p < first label), so no example predicts from the one before it.
+            labels.extend(e.labels[p:])
+            pos.extend(range(p, len(e)))
+            segment.extend([k] * (len(e) - p))
+        seg = torch.tensor(segment)
+        idx = torch.arange(len(seg))
+        causal = idx[None, :] <= idx[:, None]
+        visible = (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
+        return {
+            "input_ids": torch.tensor([ids]),
+            "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([pos]),
+            "attention_mask": (causal & visible)[None, None],
+        }
     width = max(len(e) for e in batch)
     ids_t = torch.full((len(batch), width), pad_id, dtype=torch.long)
     lab_t = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -243,6 +338,21 @@ def collate(batch: Sequence[Encoded], pad_id: int, packing: bool) -> dict[str, A
         lab_t[i, :n] = torch.tensor(e.labels)
         att_t[i, :n] = 1
     return {"input_ids": ids_t, "labels": lab_t, "position_ids": None, "attention_mask": att_t}
+
+
+def computed_tokens(batch: Sequence[Encoded], layout: Layout) -> int:
+    """Tokens the model computes for ``batch`` in ``layout`` (padding included, a shared prefix once).
+
+    Example:
+        >>> computed_tokens(encoded[:8], "padded")  # doctest: +SKIP
+        5120
+    """
+    if layout == "padded":
+        return len(batch) * max(len(e) for e in batch)
+    total = sum(len(e) for e in batch)
+    if layout == "shared_prefix":
+        total -= (len(batch) - 1) * shared_prefix_length(batch)
+    return total
 
 
 def label_tokens(batch: Sequence[Encoded]) -> int:
@@ -267,7 +377,9 @@ def write_jsonl(path: Any, records: Sequence[dict[str, Any]]) -> None:
 __all__ = [
     "IGNORE",
     "Encoded",
+    "Layout",
     "collate",
+    "computed_tokens",
     "data_hash",
     "encode_example",
     "encode_examples",
@@ -275,6 +387,9 @@ __all__ = [
     "label_tokens",
     "plan_epoch",
     "render_prompt",
+    "shared_prefix_length",
     "split_validation",
+    "system_prompt_for",
     "to_jsonl_records",
+    "training_system_prompt",
 ]

@@ -271,11 +271,11 @@ def resolve_source(source: str | Path) -> tuple[list[dict[str, Any]], FinetuneRe
     if p.is_dir() and (p / "task.yaml").exists() or p.suffix in (".yaml", ".yml"):
         from rungwise.config.task import load_task
         from rungwise.data.dataset import load_split
-        from rungwise.prompting import system_prompt
-        from rungwise.train.data import to_jsonl_records
+        from rungwise.train.data import to_jsonl_records, training_system_prompt
 
         task = load_task(p)
-        return to_jsonl_records(load_split(task).train, system_prompt(task.instructions, task.labels)), None
+        # The records a fine-tune of this task trains on: its prompt shape (rungs.finetune.prompt).
+        return to_jsonl_records(load_split(task).train, training_system_prompt(task)), None
     if p.is_file() and p.suffix == ".jsonl":
         recs = []
         for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
