@@ -232,7 +232,8 @@ def _faulty_app() -> Any:
             return _ok("no usage here", usage=False)
         if kind in BAD_USAGE:
             return {**_ok("odd usage", usage=False), "usage": BAD_USAGE[kind]}
-        if kind == "drip":  # headers at once, then the answer a byte every 50 ms for 3 s (JSON allows leading spaces)
+        if kind == "drip" and body["messages"][-1]["content"] != "fast":
+            # Headers at once, then the answer a byte every 50 ms for 3 s (JSON allows leading spaces).
             async def trickle() -> Any:
                 for _ in range(60):
                     yield b" "
@@ -362,6 +363,12 @@ def test_total_deadline_cuts_off_a_server_that_trickles_its_answer(faulty: str) 
         b.generate(HI, GenParams())
     assert time.perf_counter() - t0 < 2.0  # two attempts of 0.5 s and a short backoff, not 2 x 3 s
     assert hits[name] == 2
+    # Cut at its deadline even while other answers keep arriving (no lull for the watch to wait for).
+    b, name = _backend(faulty, "drip", timeout_s=0.3, max_retries=0, concurrency=2)
+    prompts: list[Chat] = [[{"role": "user", "content": "slow"}]] + [[{"role": "user", "content": "fast"}]] * 400
+    with pytest.raises(BackendError, match=r"no complete answer within 0.3 s"):
+        b.generate(prompts, GenParams())
+    assert hits[name] < 401
 
 
 def _cli_interrupt_handler() -> Any:

@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -294,6 +295,9 @@ class Overloaded(BackendError):
 
 # -- the micro-batcher -----------------------------------------------------------------------
 
+#: The micro-batcher waits for as many requests as were in the server at once during this many recent batches.
+RECENT_BATCHES = 4
+
 
 @dataclass
 class _Job:
@@ -306,8 +310,8 @@ class MicroBatcher:
     """Owns a backend on one worker thread and batches concurrent requests.
 
     Requests waiting in the queue when the worker becomes free (plus those arriving within
-    ``window_s``) are answered by one ``generate`` call per distinct :class:`GenParams`, up to
-    ``max_batch`` prompts. The backend is never entered from two threads at once. If a batched
+    ``window_s``, while fewer are waiting than were in the server during the last batches) are answered by one
+    ``generate`` call per distinct :class:`GenParams`, up to ``max_batch`` prompts. The backend is never entered from two threads at once. If a batched
     call fails, its prompts are retried one by one, so one bad request cannot fail its neighbours.
     With ``max_queue`` requests waiting, :meth:`submit` raises :class:`Overloaded`.
 
@@ -319,7 +323,7 @@ class MicroBatcher:
         >>> mb.close()
     """
 
-    def __init__(self, backend: Backend, *, max_batch: int = 8, window_s: float = 0.005,
+    def __init__(self, backend: Backend, *, max_batch: int = 8, window_s: float = 0.02,
                  max_queue: int | None = None) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}", hint="use --max-batch 1 or more")
@@ -328,6 +332,7 @@ class MicroBatcher:
         self.window_s = window_s
         self.max_queue = max_queue
         self.refused = 0  # requests turned away because the queue was full
+        self._recent: deque[int] = deque(maxlen=RECENT_BATCHES)  # requests in the server during the last batches
         self.requests = 0
         self.batches = 0
         self.largest_batch = 0
@@ -363,11 +368,20 @@ class MicroBatcher:
 
     def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
         jobs, stop = [first], False
+        # Wait (up to window_s) only for as many requests as were recently in the server at once:
+        # a lone client never waits, and the clients of the last batch, who send their next
+        # request a few ms after their answer, join the ones that queued meanwhile in one batch
+        # (without this two halves of the clients take turns, each half a batch). The first batch
+        # waits for a full one (a burst of requests arriving together).
+        expected = min(self.max_batch, max(self._recent, default=self.max_batch))
         deadline = time.monotonic() + self.window_s
         while len(jobs) < self.max_batch:
+            remaining = deadline - time.monotonic()
             try:
-                remaining = deadline - time.monotonic()
-                job = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+                if len(jobs) < expected and remaining > 0:
+                    job = self._q.get(timeout=remaining)
+                else:
+                    job = self._q.get_nowait()  # whatever is queued already joins
             except queue.Empty:
                 break
             if job is None:
@@ -411,6 +425,8 @@ class MicroBatcher:
                 groups.setdefault(j.params, []).append(j)
             for params, group in groups.items():
                 self._run(group, params)
+            # In the server at once: this batch and those that queued while it ran.
+            self._recent.append(len(jobs) + self._q.qsize())
             if stop:
                 return
 
@@ -461,7 +477,7 @@ def create_app(
     adapter: str | Path | None = None,
     api_key: str | None = None,
     max_batch: int = 8,
-    batch_window_s: float = 0.005,
+    batch_window_s: float = 0.02,
     limits: ServeLimits | None = None,
 ) -> "FastAPI":
     """An OpenAI-compatible app serving ``backend`` with a rung's prompt around every chat.

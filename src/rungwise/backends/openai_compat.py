@@ -5,12 +5,13 @@ Works with OpenAI itself, vLLM, llama.cpp's server, Ollama, LM Studio and ``rung
 * The API key is read from the environment variable the task names (``model.api_key_env``),
   lives only in the HTTP client's headers, and is scrubbed from every error message: it is
   never written to the run store, logs or exceptions.
-* ``concurrency`` requests are in flight at once (asyncio tasks over one ``httpx.AsyncClient``
-  per call, on the calling thread); results come back in prompt order. ``rate_limit`` spaces
-  their starts (requests/s or /min), and a :class:`~rungwise.backends.pacing.RequestPacer` adapts
-  the rate to 429s (halved on a 429, raised again as answers succeed: AIMD).
+* ``concurrency`` requests are in flight at once (worker threads, each with its own pooled
+  ``httpx.Client`` connection); results come back in prompt order. ``rate_limit`` spaces their
+  starts (requests/s or /min), and a :class:`~rungwise.backends.pacing.RequestPacer` adapts the
+  rate to 429s (halved on a 429, raised again as answers succeed: AIMD).
 * ``timeout_s`` is a deadline for the whole request (connect, send, wait, read the whole answer):
-  a server that sends its answer a byte at a time is cut off there, not waited on forever.
+  httpx's timeouts are per read, so the calling thread watches every request's deadline and shuts
+  an overdue one's socket down; a server that sends its answer a byte at a time is cut off there.
 * 408/409/429/5xx, timeouts and connection failures are retried with exponential backoff and
   jitter, honouring ``Retry-After`` / ``retry-after-ms`` (a Retry-After holds every request, not
   just the one that got it); 401/403/404 and other 4xx fail at once with an error that says what
@@ -34,19 +35,21 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
+import functools
 import json
 import logging
 import os
+import queue
 import random
 import re
+import socket
+import ssl
 import threading
 import time
-from collections.abc import Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -233,6 +236,10 @@ class OpenAISpec(ModelSpec):
                 f"{self.structured_outputs}); vLLM, llama.cpp server, Ollama and OpenAI can, with limits on regex")
 
 
+class _Aborted(Exception):
+    """Another prompt of the same call failed for good, or Ctrl-C: stop working on this one."""
+
+
 @dataclass
 class RequestStats:
     """What an :class:`OpenAIBackend` has sent so far (every ``generate`` call added up)."""
@@ -243,6 +250,13 @@ class RequestStats:
     throttled: int = 0  #: answers that said "slow down" (429, 503)
     waited_s: float = 0.0  #: time spent in retry waits (backoff, Retry-After)
     seconds: float = 0.0  #: wall time inside ``generate``
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **amounts: float) -> None:
+        """Add to the counters (worker threads count concurrently): ``stats.add(retries=1, waited_s=0.5)``."""
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
 
     @property
     def per_s(self) -> float:
@@ -250,25 +264,40 @@ class RequestStats:
         return self.answered / self.seconds if self.seconds > 0 else 0.0
 
 
-_T = TypeVar("_T")
+class _Connection:
+    """One worker's HTTP connection: its own ``httpx.Client`` (one keep-alive connection), the
+    socket under it (learnt from httpx's ``trace`` extension when it connects) and the deadline
+    of the request in flight on it, so another thread can cut an overdue or cancelled request."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self.sock: socket.socket | None = None
+        self.deadline: float | None = None  # time.monotonic() by which the request in flight must be done
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's ``trace`` request extension: remember the socket of each new connection."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                self.sock = sock
+
+    def cut(self) -> None:
+        """Shut the socket down: a send or receive blocked on it in another thread returns at once
+        (closing it would not wake that thread), and the server sees the client leave."""
+        sock = self.sock
+        if sock is not None:
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, also under TLS
+            except OSError:
+                pass  # already closed
 
 
-def _run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``coro`` on a fresh event loop on this thread, or on a helper thread when this thread
-    already runs one (a notebook, an async app), since event loops cannot nest."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        in_a_loop = False  # (asyncio.run outside this block: its errors must not chain this one)
-    else:
-        in_a_loop = True
-    if not in_a_loop:
-        return asyncio.run(coro)
-    with ThreadPoolExecutor(1, thread_name_prefix="rungwise-openai") as pool:
-        return pool.submit(asyncio.run, coro).result()
+#: How often the calling thread checks the deadlines of the requests in flight.
+WATCH_INTERVAL_S = 0.05
 
 
-def _count(value: Any) -> int | None:
+def _token_count(value: Any) -> int | None:
     """A token count from a response's usage: a non-negative whole number, else None."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or not float(value).is_integer():
         return None
@@ -280,11 +309,11 @@ def _usage_counts(usage: Any) -> tuple[int, int, int] | None:
     or malformed (not an object, counts that are not whole numbers)."""
     if not isinstance(usage, dict):
         return None
-    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    prompt, completion = _token_count(usage.get("prompt_tokens")), _token_count(usage.get("completion_tokens"))
     if prompt is None or completion is None:
         return None
     details = usage.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    cached = _token_count(details.get("cached_tokens")) if isinstance(details, dict) else None
     return prompt, completion, cached or 0
 
 
@@ -462,8 +491,8 @@ class OpenAIBackend(Backend):
         """Answer every prompt, ``concurrency`` at a time; results are in prompt order.
 
         The first prompt that fails for good (after retries) stops the batch: the others are
-        cancelled and its :class:`BackendError` is raised. So does Ctrl-C, at once.
-        ``progress`` is called on this thread.
+        cancelled (their sockets shut down) and its :class:`BackendError` is raised. Ctrl-C
+        cancels them the same way, at once. ``progress`` is called on this thread.
         """
         if not prompts:
             return []
@@ -471,9 +500,9 @@ class OpenAIBackend(Backend):
             constraint_fields(params.constraint, self.dialect())  # unsupported: fail before any request
         t0 = time.perf_counter()
         try:
-            return _run_to_completion(self._answer_all(prompts, params, progress))
+            return self._answer_all(prompts, params, progress)
         finally:
-            self.stats.seconds += time.perf_counter() - t0
+            self.stats.add(seconds=time.perf_counter() - t0)
 
     def dialect(self) -> str:
         """The structured-outputs dialect in use; ``auto`` is resolved once, from the server."""
@@ -489,7 +518,8 @@ class OpenAIBackend(Backend):
             return "openai"
         owner = ""
         try:
-            with httpx.Client(headers=self._headers, timeout=httpx.Timeout(min(self.timeout_s, 10.0))) as client:
+            with httpx.Client(headers=self._headers, timeout=httpx.Timeout(min(self.timeout_s, 10.0)),
+                              verify=self._tls) as client:
                 r = client.get(self.base_url + "/models")
             cards = r.json().get("data") if r.status_code == 200 else None
             if isinstance(cards, list) and cards:
@@ -511,31 +541,75 @@ class OpenAIBackend(Backend):
 
     # -- all prompts of a call, concurrently -------------------------------------------------
 
-    async def _answer_all(self, prompts: Sequence[Chat], params: GenParams, progress: ProgressFn | None) -> list[Completion]:
+    def _answer_all(self, prompts: Sequence[Chat], params: GenParams, progress: ProgressFn | None) -> list[Completion]:
+        todo: queue.SimpleQueue[tuple[int, Chat]] = queue.SimpleQueue()
+        for item in enumerate(prompts):
+            todo.put(item)
+        done: queue.SimpleQueue[tuple[int, Completion | BaseException]] = queue.SimpleQueue()
+        abort = threading.Event()
+        connections = [self._connection() for _ in range(min(self.concurrency, len(prompts)))]
+        for conn in connections:
+            # Daemon threads: a request stuck in a hung server never keeps the process alive.
+            threading.Thread(target=self._work, args=(conn, todo, done, params, abort), daemon=True,
+                             name="rungwise-openai").start()
         results: list[Completion | None] = [None] * len(prompts)
-        slots = asyncio.Semaphore(self.concurrency)
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(headers=self._headers, timeout=httpx.Timeout(self.timeout_s), limits=limits) as client:
-
-            async def answer(i: int, chat: Chat) -> tuple[int, Completion]:
-                async with slots:
-                    return i, await self._request(client, chat, params)
-
-            tasks = [asyncio.create_task(answer(i, chat)) for i, chat in enumerate(prompts)]
-            try:
-                for next_done in asyncio.as_completed(tasks):
-                    i, completion = await next_done
-                    results[i] = completion
-                    self.stats.answered += 1
+        answered = 0
+        watch = time.monotonic() + WATCH_INTERVAL_S
+        try:
+            while answered < len(prompts):
+                try:
+                    i, out = done.get(timeout=max(0.0, watch - time.monotonic()))
+                except queue.Empty:
+                    pass
+                else:
+                    if isinstance(out, BaseException):
+                        raise out
+                    results[i] = out
+                    answered += 1
+                    self.stats.add(answered=1)
                     if progress:
-                        progress(1)
-            finally:
-                # A failure for good, or Ctrl-C: cancel what is still in flight (closing its
-                # connection) instead of waiting for it.
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                        progress(1)  # on the calling thread: progress bars never run on workers
+                now = time.monotonic()
+                if now >= watch:  # also while answers stream in: one stuck request must not wait for a lull
+                    watch = now + WATCH_INTERVAL_S
+                    for conn in connections:
+                        deadline = conn.deadline
+                        if deadline is not None and now > deadline:
+                            conn.cut()  # its worker reports "no complete answer within timeout_s"
+        finally:
+            if answered < len(prompts):
+                # A failure for good, or Ctrl-C: stop every request in flight now instead of
+                # waiting for it (the workers see `abort` and leave).
+                abort.set()
+                for conn in connections:
+                    conn.cut()
         return results  # type: ignore[return-value]
+
+    @functools.cached_property
+    def _tls(self) -> ssl.SSLContext:
+        # Built once: loading the CA bundle costs tens of ms, which every worker's client paid.
+        return httpx.create_ssl_context()
+
+    def _connection(self) -> _Connection:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        return _Connection(httpx.Client(headers=self._headers, timeout=httpx.Timeout(self.timeout_s), limits=limits,
+                                        verify=self._tls))
+
+    def _work(self, conn: _Connection, todo: queue.SimpleQueue[tuple[int, Chat]],
+              done: queue.SimpleQueue[tuple[int, Completion | BaseException]], params: GenParams,
+              abort: threading.Event) -> None:
+        """A worker thread: answer prompts from ``todo`` until it is empty, one fails for good, or ``abort``."""
+        with conn.client:
+            while not abort.is_set():
+                try:
+                    i, chat = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((i, self._request(conn, chat, params, abort)))
+                except BaseException as exc:  # every error goes back to the calling thread
+                    done.put((i, exc))
+                    return
 
     # -- one request, with retries -----------------------------------------------------------
 
@@ -606,7 +680,7 @@ class OpenAIBackend(Backend):
 
     def _throttled(self, status: int, booked_at: float, retry_after: float | None) -> None:
         """A "slow down" answer: the shared pacer holds and halves the rate; say so."""
-        self.stats.throttled += 1
+        self.stats.add(throttled=1)
         if not self.pacer.throttled(booked_at, retry_after):
             return
         rate = self.pacer.rate or 0.0
@@ -616,26 +690,45 @@ class OpenAIBackend(Backend):
         else:
             log.info("%s: HTTP %d again; request rate lowered to %.2g/s", self._where, status, rate)
 
-    async def _request(self, client: httpx.AsyncClient, chat: Chat, params: GenParams) -> Completion:
+    def _post(self, conn: _Connection, body: dict[str, Any]) -> httpx.Response:
+        """POST ``body`` on ``conn``, all of it within ``timeout_s``.
+
+        httpx's own timeout is per read, so a server that trickles its answer never trips it:
+        the calling thread shuts the socket down at the deadline, and the error that makes here
+        is raised as a timeout.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        conn.deadline = deadline
+        try:
+            return conn.client.post(self._url, json=body, extensions={"trace": conn.trace})
+        except httpx.TransportError as exc:
+            if time.monotonic() >= deadline and not isinstance(exc, httpx.TimeoutException):
+                raise httpx.ReadTimeout(f"no complete answer within {self.timeout_s:g} s") from None
+            raise
+        finally:
+            conn.deadline = None
+
+    def _request(self, conn: _Connection, chat: Chat, params: GenParams, abort: threading.Event) -> Completion:
         attempt = 0
         last = ""
         while True:
             booked = self.pacer.now()
             wait = self.pacer.reserve()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if abort.wait(wait) if wait > 0 else abort.is_set():
+                raise _Aborted
             body = self._body(chat, params)
             retry_after: float | None = None
-            self.stats.requests += 1
+            self.stats.add(requests=1)
             t0 = time.perf_counter()
             try:
-                # The whole exchange, to the last byte: httpx's own timeout is per read, so a
-                # server that trickles its answer would otherwise never time out.
-                async with asyncio.timeout(self.timeout_s):
-                    r = await client.post(self._url, json=body)
-            except (TimeoutError, httpx.TimeoutException):
+                r = self._post(conn, body)
+            except httpx.TimeoutException:
+                if abort.is_set():
+                    raise _Aborted from None
                 last = f"no complete answer within {self.timeout_s:g} s"
             except httpx.TransportError as exc:
+                if abort.is_set():
+                    raise _Aborted from None
                 last = f"cannot reach the endpoint ({type(exc).__name__}: {self._scrub(str(exc))})"
             else:
                 latency = time.perf_counter() - t0
@@ -692,13 +785,13 @@ class OpenAIBackend(Backend):
                     "model.timeout_s or model.max_retries, or lower model.concurrency or model.rate_limit",
                 )
             delay = self._delay(attempt, retry_after)
-            self.stats.retries += 1
-            self.stats.waited_s += delay
+            self.stats.add(retries=1, waited_s=delay)
             reason = last.split(":", 1)[0] if last.startswith("HTTP") else last.split(" (", 1)[0]
             waits_log.info("%s: %s; retrying in %.2f s (attempt %d of %d)", self._where, last, delay, attempt + 2,
                            self.max_retries + 1, extra={"retry_wait_s": delay, "retry_reason": reason})
             attempt += 1
-            await asyncio.sleep(delay)
+            if abort.wait(delay):
+                raise _Aborted
 
     def _parse(self, r: httpx.Response, chat: Chat, params: GenParams, latency: float) -> Completion:
         try:
