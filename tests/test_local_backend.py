@@ -125,6 +125,35 @@ def test_fast_attention_and_dynamic_cache_paths_answer_like_stock_sdpa(tiny: tup
     assert [x for row in a for x in row] == pytest.approx([x for row in b for x in row], abs=1e-4)
 
 
+def test_generation_and_scoring_raise_no_deprecation_noise(tiny: tuple[object, object]) -> None:
+    """Issue 12 item 15: every climb printed transformers' "`past_key_values` is deprecated"
+    FutureWarning (and its logger's once-per-process variant for ``out.past_key_values``)."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.warning_once.cache_clear()  # a once-only message shown earlier in this process shows again
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    hf_root = logging.getLogger("transformers")
+    hf_root.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            prompts = chats()[:3]
+            for kw in ({}, {"static_cache": False}):  # the static and the dynamic prefix-cache paths
+                b = backend(tiny, batch_size=2, **kw)
+                b.generate(prompts, P)
+                b.loglikelihood(prompts, [["card_arrival", "change_pin"]] * 3)
+    finally:
+        hf_root.removeHandler(handler)
+    noise = [f"{w.category.__name__}: {w.message}" for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert noise == []
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+
+
 def test_prefix_cache_is_recomputed_after_weights_change(tiny_llama_dir: Path) -> None:
     # Own copy of the model: this test edits its weights in place, as an optimizer step would.
     model, tok = load_tiny(tiny_llama_dir)

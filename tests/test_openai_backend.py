@@ -7,8 +7,12 @@ small local FastAPI server that misbehaves on purpose (429, 5xx, slow, 401, odd 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import signal
 import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -18,7 +22,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from rungwise.backends import make_backend
 from rungwise.backends.openai_compat import OpenAIBackend, _retry_after_s
@@ -172,6 +176,14 @@ def test_climb_through_the_openai_backend_never_stores_or_logs_the_key(served, t
 
 hits: Counter[str] = Counter()
 seen_bodies: dict[str, list[dict[str, Any]]] = {}
+disconnects: Counter[str] = Counter()
+# Malformed usage objects real servers have sent: a string, a list, counts as text, a negative count.
+BAD_USAGE: dict[str, Any] = {
+    "strusage": "lots",
+    "listusage": [11, 2],
+    "textcounts": {"prompt_tokens": "11", "completion_tokens": "2"},
+    "negative": {"prompt_tokens": -1, "completion_tokens": 2, "prompt_tokens_details": ["x"]},
+}
 
 
 def _ok(text: str = "fine", usage: bool = True) -> dict[str, Any]:
@@ -218,6 +230,22 @@ def _faulty_app() -> Any:
             return JSONResponse({"error": {"message": "temperature out of range"}}, 400)
         if kind == "nousage":
             return _ok("no usage here", usage=False)
+        if kind in BAD_USAGE:
+            return {**_ok("odd usage", usage=False), "usage": BAD_USAGE[kind]}
+        if kind == "drip" and body["messages"][-1]["content"] != "fast":
+            # Headers at once, then the answer a byte every 50 ms for 3 s (JSON allows leading spaces).
+            async def trickle() -> Any:
+                for _ in range(60):
+                    yield b" "
+                    await asyncio.sleep(0.05)
+                yield json.dumps(_ok("late")).encode()
+
+            return StreamingResponse(trickle(), media_type="application/json")
+        if kind == "hang":  # never answers; counts the clients that hang up
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.02)
+            disconnects[name] += 1
+            return _ok()
         if kind == "html":
             return PlainTextResponse("<html>welcome</html>")
         return _ok()
@@ -265,7 +293,7 @@ def test_persistent_5xx_gives_up_after_max_retries(faulty: str) -> None:
 def test_slow_endpoint_times_out_with_a_clear_error_after_retries(faulty: str) -> None:
     b, name = _backend(faulty, "slow", timeout_s=0.2, max_retries=1)
     t0 = time.perf_counter()
-    with pytest.raises(BackendError, match=r"no answer within 0.2 s \(gave up after 2 attempts\)") as err:
+    with pytest.raises(BackendError, match=r"no complete answer within 0.2 s \(gave up after 2 attempts\)") as err:
         b.generate(HI, GenParams())
     assert time.perf_counter() - t0 < 3
     assert hits[name] == 2 and "timeout_s" in (err.value.hint or "")
@@ -312,6 +340,64 @@ def test_missing_usage_falls_back_to_an_estimate_and_says_so(faulty: str, caplog
         (c,) = b.generate([[{"role": "user", "content": "x" * 40}]], GenParams())
     assert c.prompt_tokens == 10 and c.completion_tokens == b.count_tokens("no usage here")
     assert "estimates" in caplog.text
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_USAGE))
+def test_malformed_usage_is_estimated_noted_and_never_fails_the_call(faulty: str, caplog, kind: str) -> None:
+    """Issue 12 item 8: a usage object that is a string or a list crashed the climb with a traceback."""
+    b, _ = _backend(faulty, kind)
+    with caplog.at_level(logging.WARNING):
+        first, second = b.generate([[{"role": "user", "content": "x" * 40}], [{"role": "user", "content": "y"}]], GenParams())
+    assert (first.prompt_tokens, first.completion_tokens, first.cached_tokens) == (10, b.count_tokens("odd usage"), 0)
+    assert first.text == "odd usage" and "malformed usage" in first.trace["usage"]
+    assert caplog.text.count("malformed usage object") == 1  # said once per backend, not per answer
+    assert "estimates" in caplog.text
+
+
+def test_total_deadline_cuts_off_a_server_that_trickles_its_answer(faulty: str) -> None:
+    """Issue 12 item 7: httpx's timeout is per read, so a server sending a byte every 50 ms never
+    timed out; timeout_s now bounds the whole request."""
+    b, name = _backend(faulty, "drip", timeout_s=0.5, max_retries=1)
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError, match=r"no complete answer within 0.5 s \(gave up after 2 attempts\)"):
+        b.generate(HI, GenParams())
+    assert time.perf_counter() - t0 < 2.0  # two attempts of 0.5 s and a short backoff, not 2 x 3 s
+    assert hits[name] == 2
+    # Cut at its deadline even while other answers keep arriving (no lull for the watch to wait for).
+    b, name = _backend(faulty, "drip", timeout_s=0.3, max_retries=0, concurrency=2)
+    prompts: list[Chat] = [[{"role": "user", "content": "slow"}]] + [[{"role": "user", "content": "fast"}]] * 400
+    with pytest.raises(BackendError, match=r"no complete answer within 0.3 s"):
+        b.generate(prompts, GenParams())
+    assert hits[name] < 401
+
+
+def _cli_interrupt_handler() -> Any:
+    from rungwise.cli import _on_first_interrupt
+
+    return _on_first_interrupt
+
+
+@pytest.mark.parametrize("handler", ["python default", "rungwise cli"])
+def test_ctrl_c_cancels_requests_in_flight_at_once(faulty: str, handler: str) -> None:
+    """Issue 12 item 7: Ctrl-C against a hung endpoint waited up to timeout_s for the worker threads."""
+    b, name = _backend(faulty, "hang", concurrency=4, timeout_s=5, max_retries=0)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler if handler == "python default"
+                             else _cli_interrupt_handler())
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.perf_counter()
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            b.generate([[{"role": "user", "content": f"q{i}"}] for i in range(8)], GenParams())
+        stopped = time.perf_counter() - t0
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert stopped < 2.0  # not the 5 s timeout
+    deadline = time.monotonic() + 3
+    while disconnects[name] < 4 and time.monotonic() < deadline:  # the server sees every connection close
+        time.sleep(0.02)
+    assert hits[name] == 4 and disconnects[name] == 4
 
 
 def test_non_openai_answer_is_a_clear_error(faulty: str) -> None:

@@ -222,6 +222,81 @@ def test_api_key_protects_v1_but_not_health() -> None:
         assert httpx.post(url + "/v1/chat/completions", json={"messages": USER}).status_code == 401
 
 
+# -- request limits (issue 12 item 10) ---------------------------------------------------------
+
+
+def _post(url: str, **kw: Any) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", timeout=30, **kw)
+
+
+def _nested(depth: int) -> str:
+    return '{"messages": [{"role": "user", "content": "hi"}], "response_format": ' + "[" * depth + "]" * depth + "}"
+
+
+def test_an_oversized_body_is_a_413_without_being_read_whole(server) -> None:
+    url, backend = server
+    huge = b'{"messages": [{"role": "user", "content": "' + b"x" * (5 * 1024 * 1024) + b'"}]}'
+    r = _post(url, content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts while it reads
+        for i in range(0, len(huge), 1 << 16):
+            yield huge[i : i + (1 << 16)]
+
+    r = _post(url, content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than this server takes" in r.json()["error"]["message"]
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "fragment"),
+    [
+        ({"messages": USER, "max_tokens": 1_000_000_000}, 400, "max_tokens", "max_tokens is too large: 1000000000"),
+        ({"messages": USER, "max_completion_tokens": 4097}, 400, "max_completion_tokens", "at most 4096"),
+        ({"messages": USER * 257}, 400, "messages", "at most 256"),
+    ],
+)
+def test_max_tokens_and_messages_are_capped(server, body: dict[str, Any], status: int, param: str, fragment: str) -> None:
+    url, backend = server
+    r = _post(url, json=body)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param and fragment in err["message"]
+    assert backend.calls == []
+    assert _post(url, json={"messages": USER * 256, "max_tokens": 4096}).status_code == 200  # the limits themselves pass
+
+
+@pytest.mark.parametrize("depth", [65, 100_000])
+def test_deeply_nested_json_is_a_400_with_no_traceback(server, caplog, depth: int) -> None:
+    url, backend = server
+    with caplog.at_level(logging.ERROR):
+        r = _post(url, content=_nested(depth).encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_deep"
+    assert "Traceback" not in caplog.text and not caplog.records and backend.calls == []
+
+
+def test_limits_are_configurable_and_checked() -> None:
+    app = create_app(ScriptedBackend(["ok"]), TEMPLATE, NAME, limits=serve.ServeLimits(max_tokens=8, max_body_bytes=2048))
+    with background(app) as url:
+        assert _post(url, json={"messages": USER, "max_tokens": 8}).status_code == 200
+        assert _post(url, json={"messages": USER, "max_tokens": 9}).status_code == 400
+        assert _post(url, json={"messages": [{"role": "user", "content": "x" * 3000}]}).status_code == 413
+    with pytest.raises(ConfigError, match="max_queue=0"):
+        serve.ServeLimits(max_queue=0)
+
+
+def test_an_unexpected_server_error_is_an_openai_style_500() -> None:
+    app = create_app(ScriptedBackend(["ok"]), TEMPLATE, NAME)
+
+    @app.get("/v1/explode")
+    async def explode() -> None:
+        raise RuntimeError("a bug")
+
+    with background(app) as url:
+        r = httpx.get(url + "/v1/explode")
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+
+
 def test_health_reports_what_is_served(server) -> None:
     url, _ = server
     h = httpx.get(url + "/health").json()

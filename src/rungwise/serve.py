@@ -16,6 +16,10 @@ Requests reach the backend through a :class:`MicroBatcher`: one worker thread ow
 (the local transformers backend is not thread-safe) and groups requests that arrive together
 into one ``generate`` call, which is where a batched local backend gets its throughput.
 
+:class:`ServeLimits` bound what one request may ask for (body size, JSON nesting, messages,
+max_tokens) and how many may wait for the model; beyond them a client gets an OpenAI-style
+4xx (413, 400, or 429 with ``Retry-After`` when the queue is full), never a 500.
+
 Example:
     >>> from rungwise.backends.scripted import ScriptedBackend
     >>> from rungwise.prompting import PromptTemplate
@@ -41,6 +45,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -235,7 +240,63 @@ def _json_constraint(param: str, schema: dict[str, Any]) -> Constraint:
     return Constraint("json", json_schema=json.dumps(schema, sort_keys=True))
 
 
+# -- limits ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask of ``rungwise serve``, and how many may wait for the model.
+
+    Attributes:
+        max_body_bytes: the request body; a larger one is refused with 413 before it is read.
+        max_json_depth: nesting of the body's JSON (a constraint's schema included); deeper is a 400.
+        max_messages: messages in one conversation; more is a 400.
+        max_tokens: the most ``max_tokens`` / ``max_completion_tokens`` a request may ask for; more is a 400.
+        max_queue: requests waiting for the model; when that many wait, a new one gets 429 with
+            ``Retry-After`` (clients back off and retry; rungwise's openai backend also slows down).
+
+    Example:
+        >>> ServeLimits(max_tokens=512).max_tokens
+        512
+    """
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_json_depth: int = 64
+    max_messages: int = 256
+    max_tokens: int = 4096
+    max_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        bad = [f"{k}={v}" for k, v in vars(self).items() if not (isinstance(v, int) and v >= 1)]
+        if bad:
+            raise ConfigError(f"serve limits must be whole numbers >= 1: {', '.join(bad)}",
+                              hint="e.g. --max-tokens-limit 2048 --max-queue 256")
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` (parsed JSON) nests objects and arrays; counted without recursion.
+
+    >>> json_depth({"messages": [{"content": "hi"}]}), json_depth("text")
+    (3, 0)
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+class Overloaded(BackendError):
+    """The server's queue is full: the client should retry later (HTTP 429)."""
+
+
 # -- the micro-batcher -----------------------------------------------------------------------
+
+#: The micro-batcher waits for as many requests as were in the server at once during this many recent batches.
+RECENT_BATCHES = 4
 
 
 @dataclass
@@ -249,9 +310,10 @@ class MicroBatcher:
     """Owns a backend on one worker thread and batches concurrent requests.
 
     Requests waiting in the queue when the worker becomes free (plus those arriving within
-    ``window_s``) are answered by one ``generate`` call per distinct :class:`GenParams`, up to
-    ``max_batch`` prompts. The backend is never entered from two threads at once. If a batched
+    ``window_s``, while fewer are waiting than were in the server during the last batches) are answered by one
+    ``generate`` call per distinct :class:`GenParams`, up to ``max_batch`` prompts. The backend is never entered from two threads at once. If a batched
     call fails, its prompts are retried one by one, so one bad request cannot fail its neighbours.
+    With ``max_queue`` requests waiting, :meth:`submit` raises :class:`Overloaded`.
 
     Example:
         >>> from rungwise.backends.scripted import ScriptedBackend
@@ -261,12 +323,16 @@ class MicroBatcher:
         >>> mb.close()
     """
 
-    def __init__(self, backend: Backend, *, max_batch: int = 8, window_s: float = 0.005) -> None:
+    def __init__(self, backend: Backend, *, max_batch: int = 8, window_s: float = 0.02,
+                 max_queue: int | None = None) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}", hint="use --max-batch 1 or more")
         self.backend = backend
         self.max_batch = max_batch
         self.window_s = window_s
+        self.max_queue = max_queue
+        self.refused = 0  # requests turned away because the queue was full
+        self._recent: deque[int] = deque(maxlen=RECENT_BATCHES)  # requests in the server during the last batches
         self.requests = 0
         self.batches = 0
         self.largest_batch = 0
@@ -280,6 +346,10 @@ class MicroBatcher:
         with self._lock:
             if self._closed:
                 raise BackendError("the server is shutting down", hint="retry against a running server")
+            if self.max_queue is not None and self._q.qsize() >= self.max_queue:
+                self.refused += 1
+                raise Overloaded(f"the server is busy: {self._q.qsize()} requests are waiting for the model",
+                                 hint="retry after a short wait, or send fewer requests at once")
             if self._thread is None:  # started lazily: works with or without ASGI lifespan events
                 self._thread = threading.Thread(target=self._loop, name="rungwise-batcher", daemon=True)
                 self._thread.start()
@@ -298,11 +368,20 @@ class MicroBatcher:
 
     def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
         jobs, stop = [first], False
+        # Wait (up to window_s) only for as many requests as were recently in the server at once:
+        # a lone client never waits, and the clients of the last batch, who send their next
+        # request a few ms after their answer, join the ones that queued meanwhile in one batch
+        # (without this two halves of the clients take turns, each half a batch). The first batch
+        # waits for a full one (a burst of requests arriving together).
+        expected = min(self.max_batch, max(self._recent, default=self.max_batch))
         deadline = time.monotonic() + self.window_s
         while len(jobs) < self.max_batch:
+            remaining = deadline - time.monotonic()
             try:
-                remaining = deadline - time.monotonic()
-                job = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+                if len(jobs) < expected and remaining > 0:
+                    job = self._q.get(timeout=remaining)
+                else:
+                    job = self._q.get_nowait()  # whatever is queued already joins
             except queue.Empty:
                 break
             if job is None:
@@ -346,6 +425,8 @@ class MicroBatcher:
                 groups.setdefault(j.params, []).append(j)
             for params, group in groups.items():
                 self._run(group, params)
+            # In the server at once: this batch and those that queued while it ran.
+            self._recent.append(len(jobs) + self._q.qsize())
             if stop:
                 return
 
@@ -354,12 +435,28 @@ class MicroBatcher:
 
 
 def _error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> Any:
+           code: str | None = None, headers: dict[str, str] | None = None) -> Any:
     from fastapi.responses import JSONResponse
 
     return JSONResponse(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status,
+        headers=headers,
     )
+
+
+async def _read_body(request: Any, limit: int) -> bytes | None:
+    """The request body, or None once it is over ``limit`` bytes (by its Content-Length, or while
+    reading a body sent without one): a huge body is never held in memory whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _usage(c: Completion) -> dict[str, Any]:
@@ -380,7 +477,8 @@ def create_app(
     adapter: str | Path | None = None,
     api_key: str | None = None,
     max_batch: int = 8,
-    batch_window_s: float = 0.005,
+    batch_window_s: float = 0.02,
+    limits: ServeLimits | None = None,
 ) -> "FastAPI":
     """An OpenAI-compatible app serving ``backend`` with a rung's prompt around every chat.
 
@@ -396,6 +494,7 @@ def create_app(
             ``/health``. Loading it is the backend's job (see :func:`load_backend`).
         api_key: if set, ``/v1/*`` requires ``Authorization: Bearer <api_key>``.
         max_batch, batch_window_s: the micro-batcher's limits.
+        limits: what one request may ask for, and the queue's length (:class:`ServeLimits`).
 
     Example:
         >>> from rungwise.backends.scripted import ScriptedBackend
@@ -412,7 +511,8 @@ def create_app(
     prepared = _as_prepared(rung)
     # The rung's own output constraint is the default; a request's response_format replaces it.
     defaults = prepared.params(default_params or GenParams())
-    batcher = MicroBatcher(backend, max_batch=max_batch, window_s=batch_window_s)
+    limits = limits or ServeLimits()
+    batcher = MicroBatcher(backend, max_batch=max_batch, window_s=batch_window_s, max_queue=limits.max_queue)
     created = int(time.time())
     adapter_str = str(adapter) if adapter is not None else None
     tpl_desc = prepared.artifact.model_dump(mode="json") | {"prompt": prepared.template.to_dict()}
@@ -434,6 +534,7 @@ def create_app(
     app.state.prepared = prepared
     app.state.model_name = model_name
     app.state.requires_key = api_key is not None
+    app.state.limits = limits
 
     def unauthorized(request: Any) -> Any:
         if api_key is None:
@@ -454,6 +555,11 @@ def create_app(
     async def _http(_request: Any, exc: StarletteHTTPException) -> Any:
         return _error(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Any, exc: Exception) -> Any:
+        # A bug, not the client's fault: an OpenAI-style 500 (uvicorn still logs the traceback).
+        return _error(500, "the server failed to handle the request; see the server log", type_="server_error")
+
     def model_card() -> dict[str, Any]:
         card: dict[str, Any] = {"id": model_name, "object": "model", "created": created, "owned_by": "rungwise"}
         if adapter_str:
@@ -472,6 +578,7 @@ def create_app(
             "requests": batcher.requests,
             "batches": batcher.batches,
             "largest_batch": batcher.largest_batch,
+            "refused_busy": batcher.refused,
         }
 
     @app.get("/v1/models")
@@ -493,10 +600,18 @@ def create_app(
     async def chat_completions(request: Request) -> Any:
         if (denied := unauthorized(request)) is not None:
             return denied
+        body = await _read_body(request, limits.max_body_bytes)
+        if body is None:
+            return _error(413, f"the request body is larger than this server takes ({limits.max_body_bytes:,} bytes)",
+                          code="request_too_large")
         try:
-            raw = json.loads(await request.body())
+            raw = json.loads(body)
+        except RecursionError:
+            return _error(400, f"the request body nests deeper than {limits.max_json_depth} levels", code="too_deep")
         except ValueError:
             return _error(400, "the request body is not valid JSON")
+        if json_depth(raw) > limits.max_json_depth:
+            return _error(400, f"the request body nests deeper than {limits.max_json_depth} levels", code="too_deep")
         try:
             req = ChatCompletionRequest.model_validate(raw)
             chat = req.chat()
@@ -512,9 +627,19 @@ def create_app(
         if req.model and req.model != model_name:
             return _error(404, f"The model `{req.model}` does not exist; this server serves `{model_name}`.",
                           param="model", code="model_not_found")
+        if len(req.messages) > limits.max_messages:
+            return _error(400, f"messages: {len(req.messages)} messages; this server takes at most "
+                          f"{limits.max_messages} per request", param="messages", code="too_many_messages")
+        asked = req.max_completion_tokens or req.max_tokens
+        if asked is not None and asked > limits.max_tokens:
+            field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+            return _error(400, f"{field} is too large: {asked}. This server answers with at most {limits.max_tokens} "
+                          "tokens per request.", param=field, code="invalid_value")
         ex = _example_of(chat)
         try:
             c = await asyncio.wrap_future(batcher.submit(prepared.plan(ex).chat(ex), params))
+        except Overloaded as exc:
+            return _error(429, exc.message, type_="rate_limit_error", code="server_busy", headers={"Retry-After": "1"})
         except Unsupported as exc:
             return _error(400, str(exc))
         except RungwiseError as exc:
@@ -750,6 +875,7 @@ def app_for_task(
     adapter: str | Path | None = None,
     api_key: str | None = None,
     max_batch: int = 8,
+    limits: ServeLimits | None = None,
 ) -> "FastAPI":
     """Everything ``rungwise serve`` does before listening: the rung, its backend, the app.
 
@@ -774,6 +900,7 @@ def app_for_task(
             adapter=adapter,
             api_key=api_key,
             max_batch=max_batch,
+            limits=limits,
         )
     except BaseException:
         ws.close()

@@ -15,6 +15,11 @@ from rungwise.types import Chat, Completion, GenParams
 # Called with the number of newly finished prompts, for progress bars.
 ProgressFn = Callable[[int], None]
 
+#: The logger a backend reports its waits on (a retry after a 429, a 5xx or a timeout): an INFO
+#: record per wait, with the attributes ``retry_wait_s`` (seconds) and ``retry_reason`` (e.g.
+#: "HTTP 429"). A progress display counts them (the CLI's climb bar does).
+WAITS_LOGGER = "rungwise.waits"
+
 
 class Backend(ABC):
     """Base class of every model backend.

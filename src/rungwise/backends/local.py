@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -62,6 +63,18 @@ if TYPE_CHECKING:
     from rungwise.backends.grammar import GrammarMasks
 
 log = logging.getLogger(__name__)
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword this model's ``forward`` and ``generate`` take a KV cache by.
+
+    transformers renamed ``past_key_values`` to ``cache`` (5.2x): the old name still works but
+    warns on every call (a FutureWarning for ``generate``), so the current name is used wherever
+    the model takes it, and the old one on the transformers versions before the rename. A PEFT
+    wrapper forwards ``**kwargs``, so the model it wraps is asked.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 class LocalSpec(ModelSpec):
@@ -166,6 +179,7 @@ class LocalBackend(Backend):
         self._static_ok: bool | None = None if static_cache else False
         self._want_fast_attention = fast_attention
         self._fast: bool | None = None  # decided on first use: the model may still move devices
+        self._cache_kw = cache_keyword(model)
         # One call at a time: calls switch the attention implementation and share prefix caches.
         self._lock = threading.RLock()
 
@@ -316,7 +330,7 @@ class LocalBackend(Backend):
                 out = self.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, logits_to_keep=1)
             except TypeError:  # a model without logits_to_keep
                 out = self.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True)
-        pkv = out.past_key_values
+        pkv = getattr(out, self._cache_kw)
         layers = getattr(pkv, "layers", None)
         cache_utils = require("transformers.cache_utils")
         if not layers or any(type(layer) is not cache_utils.DynamicLayer for layer in layers):
@@ -494,7 +508,7 @@ class LocalBackend(Backend):
             kwargs: dict[str, Any] = {}
             cache = self._batch_cache(prefix, len(rows), input_ids.shape[1] + params.max_tokens)
             if cache is not None:
-                kwargs["past_key_values"] = cache
+                kwargs[self._cache_kw] = cache
             if stops:
                 stopper = _StopOnStrings(self.tokenizer, stops, input_ids.shape[1])
                 kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([stopper])
@@ -613,7 +627,7 @@ class LocalBackend(Backend):
             first = min(len(x) for x in suffixes) - 1
             kwargs: dict[str, Any] = {}
             if prefix is not None:
-                kwargs["past_key_values"] = self._batch_cache(prefix, len(batch), plen + ids.shape[1])
+                kwargs[self._cache_kw] = self._batch_cache(prefix, len(batch), plen + ids.shape[1])
             scores = []
             with self._compute():
                 logits = self._logits(ids, mask, pos, ids.shape[1] - first, use_cache=prefix is not None, **kwargs)

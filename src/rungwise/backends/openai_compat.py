@@ -5,11 +5,22 @@ Works with OpenAI itself, vLLM, llama.cpp's server, Ollama, LM Studio and ``rung
 * The API key is read from the environment variable the task names (``model.api_key_env``),
   lives only in the HTTP client's headers, and is scrubbed from every error message: it is
   never written to the run store, logs or exceptions.
-* ``concurrency`` requests are in flight at once (a thread pool over one pooled, thread-safe
-  ``httpx.Client``); results come back in prompt order.
+* ``concurrency`` requests are in flight at once (worker threads, each with its own pooled
+  ``httpx.Client`` connection); results come back in prompt order. ``rate_limit`` spaces their
+  starts (requests/s or /min), and a :class:`~rungwise.backends.pacing.RequestPacer` adapts the
+  rate to 429s (halved on a 429, raised again as answers succeed: AIMD).
+* ``timeout_s`` is a deadline for the whole request (connect, send, wait, read the whole answer):
+  httpx's timeouts are per read, so the calling thread watches every request's deadline and shuts
+  an overdue one's socket down; a server that sends its answer a byte at a time is cut off there.
 * 408/409/429/5xx, timeouts and connection failures are retried with exponential backoff and
-  jitter, honouring ``Retry-After`` / ``retry-after-ms``; 401/403/404 and other 4xx fail at once
-  with an error that says what to fix.
+  jitter, honouring ``Retry-After`` / ``retry-after-ms`` (a Retry-After holds every request, not
+  just the one that got it); 401/403/404 and other 4xx fail at once with an error that says what
+  to fix. Each wait is logged at INFO with ``retry_wait_s`` / ``retry_reason`` attributes (the
+  CLI's progress bar counts them).
+* Ctrl-C cancels every request in flight at once (their connections are closed); it never waits
+  for a hung endpoint.
+* A malformed or missing ``usage`` in an answer never fails the call: token counts are then
+  estimated here (4 characters per token), said once in the log and in each answer's trace.
 * A ``GenParams.constraint`` is sent in the form the server understands (``structured_outputs``:
   vLLM, llama.cpp, Ollama or OpenAI, see :data:`STRUCTURED_OUTPUTS_HELP`). A server that rejects it
   (HTTP 400/422), a dialect that cannot express it, and an answer that breaks it (a server that
@@ -25,33 +36,41 @@ Example:
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import logging
 import os
+import queue
 import random
 import re
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from rungwise.backends.base import Backend, ProgressFn
+from rungwise.backends.base import WAITS_LOGGER, Backend, ProgressFn
 from rungwise.backends.constraints import allows
+from rungwise.backends.pacing import RequestPacer
 from rungwise.config.model import ModelSpec
 from rungwise.errors import BackendError, ConfigError, Unsupported
 from rungwise.types import Chat, Completion, Constraint, GenParams
 
 log = logging.getLogger(__name__)
+waits_log = logging.getLogger(WAITS_LOGGER)
 
 # OpenAI rejects more than 4 stop sequences; the rest are applied client-side.
 MAX_API_STOPS = 4
 # Same set the official SDK retries: request timeout, lock conflict, rate limit, server errors.
 RETRY_STATUS = frozenset({408, 409, 429})
+# Answers that say "slow down": they lower the adaptive request rate.
+THROTTLE_STATUS = frozenset({429, 503})
 # A server asking us to wait longer than this is treated as a failure, not a pause.
 MAX_RETRY_AFTER_S = 120.0
 # Key-shaped strings (OpenAI "sk-...", generic bearer tokens echoed back by a server).
@@ -152,6 +171,32 @@ def _unwrap_choice(text: str) -> str:
     return answer if isinstance(answer, str) else text
 
 
+_RATE_TEXT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$", re.I)
+_SECONDS_PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(value: float | str) -> float:
+    """Requests per second from a number (per second) or text such as ``"600/min"``.
+
+    Raises :class:`ValueError` for anything else, or a rate that is not positive.
+
+    >>> parse_rate("600/min"), parse_rate(2.5), parse_rate("10/s"), parse_rate("3600/h")
+    (10.0, 2.5, 10.0, 1.0)
+    """
+    if isinstance(value, bool):
+        raise ValueError("a rate is a number of requests per second, or text like '600/min'")
+    if isinstance(value, int | float):
+        rate = float(value)
+    else:
+        m = _RATE_TEXT.match(str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a rate: write requests per second (5) or per minute ('300/min')")
+        rate = float(m.group(1)) / _SECONDS_PER[(m.group(2) or "s").lower()]
+    if not rate > 0:
+        raise ValueError(f"the rate must be above 0 requests per second, got {value!r}")
+    return rate
+
+
 class OpenAISpec(ModelSpec):
     """``model:`` for ``backend: openai``: any OpenAI-compatible endpoint (vLLM, llama.cpp server,
     Ollama, LM Studio, OpenAI, ``rungwise serve``)."""
@@ -160,10 +205,23 @@ class OpenAISpec(ModelSpec):
     api_key_env: str | None = Field(
         None, description="Name of the environment variable holding the API key (never the key itself)."
     )
-    concurrency: int = Field(4, gt=0, description="Requests in flight at once.")
-    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    concurrency: int = Field(4, gt=0, description="Requests in flight at once (a serving cluster batches them).")
+    rate_limit: float | None = Field(
+        None,
+        description="Requests started per second at most, shared by all in flight: a number (per second) or "
+        "text like '600/min'. Unset: no limit until the server answers 429; either way a 429 halves the rate "
+        "and successes raise it again (never above this limit).",
+    )
+    timeout_s: float = Field(
+        60.0, gt=0, description="Deadline for one whole request (connect, wait, read the full answer); then it is retried."
+    )
     max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts, with exponential backoff.")
     structured_outputs: StructuredOutputs = Field("auto", description=STRUCTURED_OUTPUTS_HELP)
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> float | None:
+        return None if value is None else parse_rate(value)
 
     def build(self) -> OpenAIBackend:
         return OpenAIBackend.from_spec(self)
@@ -179,7 +237,93 @@ class OpenAISpec(ModelSpec):
 
 
 class _Aborted(Exception):
-    """Another prompt of the same batch failed for good; stop working on this one."""
+    """Another prompt of the same call failed for good, or Ctrl-C: stop working on this one."""
+
+
+@dataclass
+class RequestStats:
+    """What an :class:`OpenAIBackend` has sent so far (every ``generate`` call added up)."""
+
+    requests: int = 0  #: HTTP attempts sent, retries included
+    answered: int = 0  #: prompts answered
+    retries: int = 0  #: attempts that were retried after a wait
+    throttled: int = 0  #: answers that said "slow down" (429, 503)
+    waited_s: float = 0.0  #: time spent in retry waits (backoff, Retry-After)
+    seconds: float = 0.0  #: wall time inside ``generate``
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **amounts: float) -> None:
+        """Add to the counters (worker threads count concurrently): ``stats.add(retries=1, waited_s=0.5)``."""
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+    @property
+    def per_s(self) -> float:
+        """Prompts answered per second of ``generate`` wall time."""
+        return self.answered / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Connection:
+    """One worker's HTTP connection: its own ``httpx.Client`` (one keep-alive connection), the
+    socket under it (learnt from httpx's ``trace`` extension when it connects) and the deadline
+    of the request in flight on it, so another thread can cut an overdue or cancelled request."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self.sock: socket.socket | None = None
+        self.deadline: float | None = None  # time.monotonic() by which the request in flight must be done
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's ``trace`` request extension: remember the socket of each new connection."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                self.sock = sock
+
+    def cut(self) -> None:
+        """Shut the socket down: a send or receive blocked on it in another thread returns at once
+        (closing it would not wake that thread), and the server sees the client leave."""
+        sock = self.sock
+        if sock is not None:
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, also under TLS
+            except OSError:
+                pass  # already closed
+
+
+#: How often the calling thread checks the deadlines of the requests in flight.
+WATCH_INTERVAL_S = 0.05
+
+
+def _token_count(value: Any) -> int | None:
+    """A token count from a response's usage: a non-negative whole number, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or not float(value).is_integer():
+        return None
+    return int(value)
+
+
+def _usage_counts(usage: Any) -> tuple[int, int, int] | None:
+    """(prompt, completion, cached) tokens from a response's ``usage``; None when it is missing
+    or malformed (not an object, counts that are not whole numbers)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = _token_count(usage.get("prompt_tokens")), _token_count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = _token_count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return prompt, completion, cached or 0
+
+
+def _shape(value: Any) -> str:
+    """A malformed JSON value, briefly, for a message.
+
+    >>> _shape("lots")
+    'a str: "lots"'
+    """
+    return f"a {type(value).__name__}: {json.dumps(value, default=str)[:60]}"
 
 
 def _public_url(url: str) -> str:
@@ -233,7 +377,9 @@ class OpenAIBackend(Backend):
         api_key_env: name of the environment variable holding the API key; ``None`` sends no
             ``Authorization`` header (local servers). Named but unset is an error.
         concurrency: requests in flight at once.
-        timeout_s: per-request timeout (connect, read and write).
+        rate_limit: requests started per second at most (None: none until a 429), shared by all
+            requests of this backend; 429s lower it and successes raise it again.
+        timeout_s: the deadline for one whole request, from connecting to the last byte of the answer.
         max_retries: retries after the first attempt, on 408/409/429/5xx, timeouts and
             connection errors.
         backoff_base_s, backoff_max_s: exponential backoff ``base * 2**attempt``, capped, with
@@ -242,10 +388,10 @@ class OpenAIBackend(Backend):
         structured_outputs: how the server takes a constraint (see :data:`STRUCTURED_OUTPUTS_HELP`).
 
     Token counts come from the response's ``usage`` (``prompt_tokens_details.cached_tokens``
-    fills :attr:`Completion.cached_tokens`). Where a server sends no ``usage``, they are
+    fills :attr:`Completion.cached_tokens`). Where a server sends no usable ``usage``, they are
     estimated at 4 characters per token. ``count_tokens`` is always that estimate: there is
     no tokenizer on this side of the wire. ``latency_s`` is the successful attempt's round trip
-    (backoff waits are not the model's latency).
+    (backoff waits are not the model's latency). :attr:`stats` counts requests, retries and waits.
 
     Example:
         >>> import os; os.environ["MY_KEY"] = "..."  # doctest: +SKIP
@@ -259,6 +405,7 @@ class OpenAIBackend(Backend):
         *,
         api_key_env: str | None = None,
         concurrency: int = 4,
+        rate_limit: float | None = None,
         timeout_s: float = 60.0,
         max_retries: int = 4,
         backoff_base_s: float = 0.5,
@@ -278,11 +425,11 @@ class OpenAIBackend(Backend):
                 f"model.structured_outputs {structured_outputs!r} is not one of {', '.join(get_args(StructuredOutputs))}",
                 hint="see STRUCTURED_OUTPUTS_HELP in rungwise.backends.openai_compat",
             )
-        if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
+        if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or (rate_limit is not None and rate_limit <= 0):
             raise ConfigError(
                 f"invalid openai backend limits (concurrency={concurrency}, max_retries={max_retries}, "
-                f"timeout_s={timeout_s})",
-                hint="use concurrency >= 1, max_retries >= 0, timeout_s > 0",
+                f"timeout_s={timeout_s}, rate_limit={rate_limit})",
+                hint="use concurrency >= 1, max_retries >= 0, timeout_s > 0, rate_limit > 0 (or leave it unset)",
             )
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -292,6 +439,8 @@ class OpenAIBackend(Backend):
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.pacer = RequestPacer(rate_limit)
+        self.stats = RequestStats()
         self._rng = rng or random.Random()
         self._where = _public_url(self.base_url)
         self.model_id = f"openai:{model}@{self._where}"
@@ -299,11 +448,11 @@ class OpenAIBackend(Backend):
         # Newer OpenAI models reject max_tokens and want max_completion_tokens; we learn which
         # one this endpoint takes from its first 400 and remember it.
         self._max_tokens_field = "max_tokens"
-        self._warned_no_usage = False
+        self._warned_usage: set[str] = set()
         self.structured_outputs: str = structured_outputs  # "auto" until the first constrained call
         self._dialect_lock = threading.Lock()
 
-        headers = {"User-Agent": "rungwise"}
+        self._headers = {"User-Agent": "rungwise"}
         self._secret: str | None = None
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -313,12 +462,7 @@ class OpenAIBackend(Backend):
                     hint=f"export {api_key_env}=<your API key> before running (the key itself never goes in task.yaml)",
                 )
             self._secret = key
-            headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
+            self._headers["Authorization"] = f"Bearer {key}"
 
     @classmethod
     def from_spec(cls, spec: OpenAISpec) -> OpenAIBackend:
@@ -332,6 +476,7 @@ class OpenAIBackend(Backend):
             spec.id,
             api_key_env=spec.api_key_env,
             concurrency=spec.concurrency,
+            rate_limit=spec.rate_limit,
             timeout_s=spec.timeout_s,
             max_retries=spec.max_retries,
             structured_outputs=spec.structured_outputs,
@@ -346,36 +491,18 @@ class OpenAIBackend(Backend):
         """Answer every prompt, ``concurrency`` at a time; results are in prompt order.
 
         The first prompt that fails for good (after retries) stops the batch: the others are
-        cancelled and its :class:`BackendError` is raised.
+        cancelled (their sockets shut down) and its :class:`BackendError` is raised. Ctrl-C
+        cancels them the same way, at once. ``progress`` is called on this thread.
         """
         if not prompts:
             return []
         if params.constraint is not None:
             constraint_fields(params.constraint, self.dialect())  # unsupported: fail before any request
-        abort = threading.Event()
-        if self.concurrency == 1 or len(prompts) == 1:
-            out = []
-            for chat in prompts:
-                out.append(self._call(chat, params, abort))
-                if progress:
-                    progress(1)
-            return out
-        results: list[Completion | None] = [None] * len(prompts)
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)), thread_name_prefix="rungwise-openai")
+        t0 = time.perf_counter()
         try:
-            futures = {pool.submit(self._call, chat, params, abort): i for i, chat in enumerate(prompts)}
-            # Collect in completion order on this thread, so progress callbacks (rich bars) never
-            # run on worker threads.
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                if progress:
-                    progress(1)
-        except BaseException:
-            abort.set()  # workers stop before their next attempt or wake from a backoff sleep
-            raise
+            return self._answer_all(prompts, params, progress)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return results  # type: ignore[return-value]
+            self.stats.add(seconds=time.perf_counter() - t0)
 
     def dialect(self) -> str:
         """The structured-outputs dialect in use; ``auto`` is resolved once, from the server."""
@@ -391,7 +518,9 @@ class OpenAIBackend(Backend):
             return "openai"
         owner = ""
         try:
-            r = self._client.get(self.base_url + "/models")
+            with httpx.Client(headers=self._headers, timeout=httpx.Timeout(min(self.timeout_s, 10.0)),
+                              verify=self._tls) as client:
+                r = client.get(self.base_url + "/models")
             cards = r.json().get("data") if r.status_code == 200 else None
             if isinstance(cards, list) and cards:
                 mine = [c for c in cards if isinstance(c, dict) and c.get("id") == self.model]
@@ -410,9 +539,77 @@ class OpenAIBackend(Backend):
         """An estimate (4 characters per token): the remote tokenizer is not available here."""
         return max(1, round(len(text) / 4))
 
-    def close(self) -> None:
-        """Close the pooled HTTP connections."""
-        self._client.close()
+    # -- all prompts of a call, concurrently -------------------------------------------------
+
+    def _answer_all(self, prompts: Sequence[Chat], params: GenParams, progress: ProgressFn | None) -> list[Completion]:
+        todo: queue.SimpleQueue[tuple[int, Chat]] = queue.SimpleQueue()
+        for item in enumerate(prompts):
+            todo.put(item)
+        done: queue.SimpleQueue[tuple[int, Completion | BaseException]] = queue.SimpleQueue()
+        abort = threading.Event()
+        connections = [self._connection() for _ in range(min(self.concurrency, len(prompts)))]
+        for conn in connections:
+            # Daemon threads: a request stuck in a hung server never keeps the process alive.
+            threading.Thread(target=self._work, args=(conn, todo, done, params, abort), daemon=True,
+                             name="rungwise-openai").start()
+        results: list[Completion | None] = [None] * len(prompts)
+        answered = 0
+        watch = time.monotonic() + WATCH_INTERVAL_S
+        try:
+            while answered < len(prompts):
+                try:
+                    i, out = done.get(timeout=max(0.0, watch - time.monotonic()))
+                except queue.Empty:
+                    pass
+                else:
+                    if isinstance(out, BaseException):
+                        raise out
+                    results[i] = out
+                    answered += 1
+                    self.stats.add(answered=1)
+                    if progress:
+                        progress(1)  # on the calling thread: progress bars never run on workers
+                now = time.monotonic()
+                if now >= watch:  # also while answers stream in: one stuck request must not wait for a lull
+                    watch = now + WATCH_INTERVAL_S
+                    for conn in connections:
+                        deadline = conn.deadline
+                        if deadline is not None and now > deadline:
+                            conn.cut()  # its worker reports "no complete answer within timeout_s"
+        finally:
+            if answered < len(prompts):
+                # A failure for good, or Ctrl-C: stop every request in flight now instead of
+                # waiting for it (the workers see `abort` and leave).
+                abort.set()
+                for conn in connections:
+                    conn.cut()
+        return results  # type: ignore[return-value]
+
+    @functools.cached_property
+    def _tls(self) -> ssl.SSLContext:
+        # Built once: loading the CA bundle costs tens of ms, which every worker's client paid.
+        return httpx.create_ssl_context()
+
+    def _connection(self) -> _Connection:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        return _Connection(httpx.Client(headers=self._headers, timeout=httpx.Timeout(self.timeout_s), limits=limits,
+                                        verify=self._tls))
+
+    def _work(self, conn: _Connection, todo: queue.SimpleQueue[tuple[int, Chat]],
+              done: queue.SimpleQueue[tuple[int, Completion | BaseException]], params: GenParams,
+              abort: threading.Event) -> None:
+        """A worker thread: answer prompts from ``todo`` until it is empty, one fails for good, or ``abort``."""
+        with conn.client:
+            while not abort.is_set():
+                try:
+                    i, chat = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((i, self._request(conn, chat, params, abort)))
+                except BaseException as exc:  # every error goes back to the calling thread
+                    done.put((i, exc))
+                    return
 
     # -- one request, with retries -----------------------------------------------------------
 
@@ -481,24 +678,62 @@ class OpenAIBackend(Backend):
         what = "rejected the API key" if status == 401 else "refused access"
         return BackendError(f"{self._where} {what} (HTTP {status}): {msg}", hint=hint)
 
-    def _call(self, chat: Chat, params: GenParams, abort: threading.Event) -> Completion:
+    def _throttled(self, status: int, booked_at: float, retry_after: float | None) -> None:
+        """A "slow down" answer: the shared pacer holds and halves the rate; say so."""
+        self.stats.add(throttled=1)
+        if not self.pacer.throttled(booked_at, retry_after):
+            return
+        rate = self.pacer.rate or 0.0
+        if self.pacer.cuts == 1:
+            log.warning("%s is throttling requests (HTTP %d): pacing them at %.2g/s, raised again as answers "
+                        "succeed (model.rate_limit sets a limit from the start)", self._where, status, rate)
+        else:
+            log.info("%s: HTTP %d again; request rate lowered to %.2g/s", self._where, status, rate)
+
+    def _post(self, conn: _Connection, body: dict[str, Any]) -> httpx.Response:
+        """POST ``body`` on ``conn``, all of it within ``timeout_s``.
+
+        httpx's own timeout is per read, so a server that trickles its answer never trips it:
+        the calling thread shuts the socket down at the deadline, and the error that makes here
+        is raised as a timeout.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        conn.deadline = deadline
+        try:
+            return conn.client.post(self._url, json=body, extensions={"trace": conn.trace})
+        except httpx.TransportError as exc:
+            if time.monotonic() >= deadline and not isinstance(exc, httpx.TimeoutException):
+                raise httpx.ReadTimeout(f"no complete answer within {self.timeout_s:g} s") from None
+            raise
+        finally:
+            conn.deadline = None
+
+    def _request(self, conn: _Connection, chat: Chat, params: GenParams, abort: threading.Event) -> Completion:
         attempt = 0
         last = ""
         while True:
-            if abort.is_set():
+            booked = self.pacer.now()
+            wait = self.pacer.reserve()
+            if abort.wait(wait) if wait > 0 else abort.is_set():
                 raise _Aborted
             body = self._body(chat, params)
             retry_after: float | None = None
+            self.stats.add(requests=1)
             t0 = time.perf_counter()
             try:
-                r = self._client.post(self._url, json=body)
+                r = self._post(conn, body)
             except httpx.TimeoutException:
-                last = f"no answer within {self.timeout_s:g} s"
+                if abort.is_set():
+                    raise _Aborted from None
+                last = f"no complete answer within {self.timeout_s:g} s"
             except httpx.TransportError as exc:
+                if abort.is_set():
+                    raise _Aborted from None
                 last = f"cannot reach the endpoint ({type(exc).__name__}: {self._scrub(str(exc))})"
             else:
                 latency = time.perf_counter() - t0
                 if r.status_code == 200:
+                    self.pacer.succeeded()
                     return self._parse(r, chat, params, latency)
                 msg, code = self._server_message(r)
                 status = r.status_code
@@ -541,14 +776,19 @@ class OpenAIBackend(Backend):
                         f"{self._where} asked to retry after {retry_after:.0f} s ({last})",
                         hint="the endpoint is rate-limited for a long time; lower model.concurrency or try later",
                     )
+                if status in THROTTLE_STATUS:
+                    self._throttled(status, booked, retry_after)
             if attempt >= self.max_retries:
                 raise BackendError(
                     f"{self._where}: {last} (gave up after {attempt + 1} attempt{'s' if attempt else ''})",
                     hint="check that the server is running at model.base_url; for slow or busy servers raise "
-                    "model.timeout_s or model.max_retries, or lower model.concurrency",
+                    "model.timeout_s or model.max_retries, or lower model.concurrency or model.rate_limit",
                 )
             delay = self._delay(attempt, retry_after)
-            log.info("openai backend: %s; retrying in %.2f s (attempt %d of %d)", last, delay, attempt + 2, self.max_retries + 1)
+            self.stats.add(retries=1, waited_s=delay)
+            reason = last.split(":", 1)[0] if last.startswith("HTTP") else last.split(" (", 1)[0]
+            waits_log.info("%s: %s; retrying in %.2f s (attempt %d of %d)", self._where, last, delay, attempt + 2,
+                           self.max_retries + 1, extra={"retry_wait_s": delay, "retry_reason": reason})
             attempt += 1
             if abort.wait(delay):
                 raise _Aborted
@@ -581,23 +821,24 @@ class OpenAIBackend(Backend):
                     "openai); a server that cannot constrain output cannot run the constrained rung",
                 )
             trace = {"constraint": c.describe(), "structured_outputs": self.dialect()}
-        usage = data.get("usage") or {}
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
-        if prompt_tokens is None or completion_tokens is None:
-            if not self._warned_no_usage:
-                self._warned_no_usage = True
-                log.warning("%s returns no token usage; token counts are estimates (4 characters per token)", self._where)
+        usage = data.get("usage")
+        counts = _usage_counts(usage)
+        if counts is None:
             prompt_tokens = sum(self.count_tokens(m["content"]) for m in chat)
             completion_tokens = self.count_tokens(text) if text else 0
-        details = usage.get("prompt_tokens_details") or {}
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+            counts = (prompt_tokens, completion_tokens, 0)
+            problem = "no token usage" if usage is None else f"a malformed usage object ({_shape(usage)})"
+            trace["usage"] = f"estimated: the server sent {problem}"
+            if problem not in self._warned_usage:
+                self._warned_usage.add(problem)
+                log.warning("%s returns %s; token counts are estimates (4 characters per token)", self._where, problem)
+        prompt_tokens, completion_tokens, cached = counts
         return Completion(
-            text=text,
-            prompt_tokens=int(prompt_tokens),
-            completion_tokens=int(completion_tokens),
+            text=str(text),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_s=latency,
-            cached_tokens=int(cached or 0),
+            cached_tokens=cached,
             finish_reason=finish,
             trace=trace,
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from rungwise.backends.base import WAITS_LOGGER
 from rungwise.errors import RungwiseError
 from rungwise.types import Ladder, RungResult
 
@@ -95,11 +98,40 @@ def _summary(c: Ladder) -> str:
     return f"no measured rung meets the target {c.target}"
 
 
+class _WaitCounter(logging.Handler):
+    """Counts the waits backends report on :data:`~rungwise.backends.base.WAITS_LOGGER` (retries
+    after a 429, a 5xx or a timeout), so the progress bar can say why a rung slowed down."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+        self.seconds = 0.0
+        self.reason = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        wait = getattr(record, "retry_wait_s", None)
+        if isinstance(wait, int | float):
+            self.count += 1
+            self.seconds += wait
+            self.reason = str(getattr(record, "retry_reason", "") or "")
+
+    def describe(self) -> str:
+        if not self.count:
+            return ""
+        last = f", last: {self.reason}" if self.reason else ""
+        return f" · {self.count} {'retry' if self.count == 1 else 'retries'}, {self.seconds:.1f} s waited{last}"
+
+
 class _RichReporter:
+    """The climb's progress bars: one per rung, with examples/s and the backend's retry waits."""
+
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.progress: Progress | None = None
         self.task_id: Any = None
+        self._waits = _WaitCounter()
+        self._waits_logger = logging.getLogger(WAITS_LOGGER)
+        self._saved: tuple[int, bool] | None = None  # the waits logger's level and propagate flag
 
     def rung_start(self, name: str, total: int, done: int) -> None:
         if not self.enabled:
@@ -111,15 +143,23 @@ class _RichReporter:
                 console=err_console, transient=False,
             )
             self.progress.start()
+            # The bar shows the waits instead of a log line per retry.
+            lg = self._waits_logger
+            self._saved = (lg.level, lg.propagate)
+            lg.setLevel(logging.INFO)
+            lg.propagate = False
+            lg.addHandler(self._waits)
         self.task_id = self.progress.add_task(escape(name), total=total, completed=done, rate="")
-        self._t0 = __import__("time").perf_counter()
+        self._t0 = time.perf_counter()
         self._n = 0
+        self._waits.count, self._waits.seconds, self._waits.reason = 0, 0.0, ""
 
     def advance(self, n: int) -> None:
         if self.progress is not None:
             self._n += n
-            dt = __import__("time").perf_counter() - self._t0
-            self.progress.update(self.task_id, advance=n, rate=f"{self._n / dt:.1f} ex/s" if dt > 0 else "")
+            dt = time.perf_counter() - self._t0
+            rate = f"{self._n / dt:.1f} ex/s" if dt > 0 else ""
+            self.progress.update(self.task_id, advance=n, rate=rate + self._waits.describe())
 
     def rung_end(self, result: RungResult) -> None:
         pass
@@ -130,6 +170,11 @@ class _RichReporter:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+        if self._saved is not None:
+            self._waits_logger.removeHandler(self._waits)
+            self._waits_logger.setLevel(self._saved[0])
+            self._waits_logger.propagate = self._saved[1]
+            self._saved = None
 
 
 def register(app: typer.Typer) -> None:

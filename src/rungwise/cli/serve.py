@@ -42,6 +42,11 @@ def register(app: typer.Typer) -> None:
             help="Require clients to send the key held in this environment variable (Authorization: Bearer).",
         ),
         max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most concurrent requests answered in one batch."),
+        max_tokens_limit: int = typer.Option(4096, "--max-tokens-limit", min=1,
+                                             help="Most max_tokens a request may ask for (more: HTTP 400)."),
+        max_queue: int = typer.Option(1024, "--max-queue", min=1, help="Requests that may wait for the model; "
+                                      "more get HTTP 429 with Retry-After."),
+        max_body_mb: float = typer.Option(4.0, "--max-body-mb", min=0.001, help="Largest request body (more: HTTP 413)."),
     ) -> None:
         """Serve a rung (its prompt, demos, retrieval, constraint and model) at /v1/chat/completions, OpenAI-compatible."""
         from rungwise import serve as serving
@@ -56,9 +61,10 @@ def register(app: typer.Typer) -> None:
                     hint=f"export {auth_key_env}=<a secret clients must send> and run again",
                 )
         task = load_task(task_yaml)
-        app_ = serving.app_for_task(
-            task, rung, _run_id(run), model_id=model, name=name, adapter=adapter, api_key=api_key, max_batch=max_batch
-        )
+        limits = serving.ServeLimits(max_tokens=max_tokens_limit, max_queue=max_queue,
+                                     max_body_bytes=int(max_body_mb * 1024 * 1024))
+        app_ = serving.app_for_task(task, rung, _run_id(run), model_id=model, name=name, adapter=adapter,
+                                    api_key=api_key, max_batch=max_batch, limits=limits)
         try:
             serving.run(app_, host, port)
         finally:
