@@ -256,3 +256,16 @@ def test_an_early_stop_is_flagged() -> None:
     v = verdict(Ladder("t", 1, rungs, "accuracy >= 0.85", "few_shot", 300), t)
     assert v.recommended == "few_shot"
     assert any("stopped at few_shot: finetune not measured" in w for w in v.warnings)
+
+
+def test_at_equal_cost_the_rung_with_fewer_tokens_per_call_wins_and_the_reason_says_so() -> None:
+    # Self-hosted on this machine, both rungs fit on one server at 1,000 requests/day: equal cost.
+    ladder = [_rung("zero_shot", 0.50, prompt=300),
+              _rung("few_shot", 0.90, vs=("zero_shot", 0.40, 0.0001, True), prompt=900),
+              _rung("short_prompt", 0.90, vs=("few_shot", 0.0, 1.0, False), prompt=60)]
+    v = _judge(ladder, model={"backend": "local"}, economics={"daily_volume": 1_000})
+    few, short = (s for s in v.statuses if s.rung in ("few_shot", "short_prompt"))
+    assert few.total_monthly_usd == short.total_monthly_usd
+    assert v.recommended == "short_prompt"
+    assert any(r.startswith("few_shot: accuracy 0.900") and "costs the same" in r
+               and "sends 840 more tokens per call (903 vs 63 for short_prompt)" in r for r in v.reasons), v.reasons

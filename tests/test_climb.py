@@ -125,3 +125,24 @@ def test_store_records_provenance(tmp_path: Path) -> None:
     assert store.schema_version >= 1
     preds = store.db.execute("SELECT prompt_json, completion, score, valid FROM predictions").fetchall()
     assert len(preds) == res.n_test and all(p["score"] is not None for p in preds)
+
+
+def test_reuse_generates_again_only_what_a_changed_setting_touches(tmp_path: Path) -> None:
+    task = load_task(write_task(tmp_path, rungs={"order": ["zero_shot", "few_shot"], "few_shot": {"k": 3}}))
+    first = climb(task, all_rungs=True, backend=ScriptedBackend(oracle))
+    n = first.n_test
+    # Only the few-shot settings changed: zero-shot's prompts are the same, so its answers are reused.
+    changed = load_task(write_task(tmp_path, rungs={"order": ["zero_shot", "few_shot"], "few_shot": {"k": 2}}))
+    be = ScriptedBackend(oracle)
+    second = climb(changed, all_rungs=True, reuse=first.run_id, backend=be)
+    assert second.run_id != first.run_id and len(be.calls) == n  # few_shot alone was generated
+    assert [c[-1]["role"] for c in be.calls] == ["user"] * n and all(len(c) > 2 for c in be.calls)
+    z1, z2 = first.rungs[0], second.rungs[0]
+    assert z2.predictions == z1.predictions and z2.metric.value == z1.metric.value
+    assert z2.examples_per_s == pytest.approx(z1.examples_per_s)  # its measured generation time came along
+    # New instructions change every prompt: nothing is reused.
+    other = load_task(write_task(tmp_path, instructions="Something else.",
+                                 rungs={"order": ["zero_shot", "few_shot"], "few_shot": {"k": 2}}))
+    be = ScriptedBackend(oracle)
+    climb(other, all_rungs=True, reuse=first.run_id, backend=be)
+    assert len(be.calls) == 2 * n

@@ -239,6 +239,19 @@ def test_json_fields_invalid_and_micro_over_examples() -> None:
         metric("json_valid").score(["{}"], exs("{}")).micro_prf()
 
 
+def test_json_fields_schema_shapes_the_constraint_not_the_score(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"intent": {"enum": ["a", "b"]}}, "required": ["intent"]}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    m = metric("json_fields", base_dir=tmp_path, schema="schema.json")
+    c = m.constraint()
+    assert c is not None and c.kind == "json" and json.loads(c.json_schema or "") == schema
+    assert metric("json_fields").constraint().json_schema is None  # without one: any JSON object
+    # an object the schema would refuse is still scored field by field against the expected one
+    assert m.score(['{"intent": "c", "x": 1}'], [ex('{"intent": "c", "x": 1}')]).scores == [1.0]
+    with pytest.raises(ConfigError, match="invalid JSON schema"):
+        metric("json_fields", schema={"type": 3})
+
+
 def test_json_fields_gold_must_be_an_object() -> None:
     with pytest.raises(DataError, match="data.jsonl:1"):
         metric("json_fields").score(["{}"], [ex("plain text")])

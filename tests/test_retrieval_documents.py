@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rungwise.config.knowledge import KnowledgeSpec
-from rungwise.errors import DataError
+from rungwise.errors import DataError, RungwiseError
 from rungwise.retrieval.chunking import chunk_document, chunk_documents, count_tokens
 from rungwise.retrieval.documents import Document, load_documents
 
@@ -116,6 +116,54 @@ def test_bad_jsonl_names_the_line(tmp_path: Path, lines: list[str], message: str
     (tmp_path / "kb.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_documents(KnowledgeSpec(path="kb.jsonl"), tmp_path)
+
+
+READER = """
+import json
+
+def articles(path):
+    # one document per paragraph of a nested JSON file, the way a dataset ships them
+    for art in json.loads(open(path, encoding="utf-8").read())["articles"]:
+        for n, para in enumerate(art["paragraphs"]):
+            yield {"id": f"{art['title']}#{n}", "title": art["title"], "text": para}
+
+def broken(path):
+    yield {"id": "a", "text": "fine"}
+    raise KeyError("paragraphs")
+
+def not_mappings(path):
+    yield ["a", "text"]
+"""
+
+
+def test_a_reader_turns_any_source_into_documents(tmp_path: Path) -> None:
+    (tmp_path / "kb_reader.py").write_text(READER)
+    (tmp_path / "corpus.json").write_text(json.dumps(
+        {"articles": [{"title": "Rivers", "paragraphs": ["The Nile is long.", "The Rhine is short."]}]}))
+    docs = load_documents(KnowledgeSpec(path="corpus.json", format="python:kb_reader:articles"), tmp_path)
+    assert [(d.id, d.title, d.text) for d in docs] == [("Rivers#0", "Rivers", "The Nile is long."),
+                                                        ("Rivers#1", "Rivers", "The Rhine is short.")]
+    assert docs[1].source.endswith("corpus.json#2 (from python:kb_reader:articles)")
+
+
+@pytest.mark.parametrize(
+    ("reader", "message"),
+    [
+        ("broken", r"corpus.json: the knowledge reader python:kb_reader:broken raised KeyError: 'paragraphs'"),
+        ("not_mappings", r"corpus.json#1 \(from python:kb_reader:not_mappings\): expected a JSON object"),
+        ("missing", r"field 'knowledge.format': module 'kb_reader' has no function 'missing'"),
+    ],
+)
+def test_a_bad_reader_is_named_with_what_went_wrong(tmp_path: Path, reader: str, message: str) -> None:
+    (tmp_path / "kb_reader.py").write_text(READER)
+    (tmp_path / "corpus.json").write_text("{}")
+    with pytest.raises(RungwiseError, match=message):
+        load_documents(KnowledgeSpec(path="corpus.json", format=f"python:kb_reader:{reader}"), tmp_path)
+
+
+def test_an_unknown_knowledge_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown knowledge format 'xml'"):
+        KnowledgeSpec(path="kb", format="xml")
 
 
 def test_empty_folder_and_folder_without_documents(tmp_path: Path) -> None:

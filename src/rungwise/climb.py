@@ -174,11 +174,15 @@ def climb(
     store: Store | None = None,
     reporter: Reporter | None = None,
     backend: Backend | None = None,
+    reuse: int | None = None,
 ) -> ClimbResult:
     """Measure each rung on the held-out test split; stop at the first meeting the target unless ``all_rungs``.
 
     ``resume``: True resumes the latest unfinished climb of this exact config, an int resumes that
     run id; the data and ``limit`` must be those the run started with.
+    ``reuse``: an earlier run of this task whose predictions stand in for this climb's wherever
+    nothing that decides them changed (see :func:`_reuse_stored`): after editing one rung's
+    settings, only that rung is generated again.
     ``backend``: use this backend instead of building one from ``task.model`` (tests, embedding);
     the caller keeps ownership and closes it.
     """
@@ -226,7 +230,8 @@ def climb(
         )
     # One process climbs a run at a time: a second `--resume` of a run still being climbed is
     # refused instead of generating the same predictions twice.
-    plan = _Plan(task, split, test, order, rung_objs, metric, climb_id, model_id, limit, all_rungs)
+    source = _ReuseSource.of(store, reuse, task) if reuse is not None else None
+    plan = _Plan(task, split, test, order, rung_objs, metric, climb_id, model_id, limit, all_rungs, source)
     with store.claim_climb(climb_id):
         store.set_climb_status(climb_id, "running")
         return _climb_rungs(plan, store, reporter, backend)
@@ -246,6 +251,69 @@ class _Plan:
     model_id: str
     limit: int | None
     all_rungs: bool
+    reuse: _ReuseSource | None = None
+
+
+@dataclass
+class _ReuseSource:
+    """An earlier climb whose stored predictions may stand in for this one's (``climb(..., reuse=RUN)``).
+
+    ``same_answers`` is True when its model section (backend, weights, dtype, batch size,
+    generation parameters) and its metric (which decides the output constraint) equal this
+    climb's; ``sections`` are its ``rungs.<name>`` settings.
+    """
+
+    run_id: int
+    rung_ids: dict[str, int]
+    sections: dict[str, Any]
+    same_answers: bool
+
+    @classmethod
+    def of(cls, store: Store, run_id: int, task: Task) -> _ReuseSource:
+        row = store.climb(run_id)
+        if row["task_name"] != task.name:
+            raise RungwiseError(f"run {run_id} climbed task {row['task_name']!r}, not {task.name!r}",
+                                hint="reuse a run of the same task (`rungwise runs list`)")
+        before, now = json.loads(row["config_json"]), task.model_dump(mode="json")
+        same = all(before.get(k) == now.get(k) for k in ("model", "metric"))
+        rung_ids = {r["name"]: int(r["id"]) for r in store.rungs(run_id) if r["status"] != "skipped"}
+        return cls(run_id, rung_ids, before.get("rungs") or {}, same)
+
+    def rung_for(self, name: str, task: Task, prepared: Prepared) -> int | None:
+        """The earlier run's rung whose predictions may be reused for ``name``, or None.
+
+        Only a rung that answers with the task's model (not its own: a fine-tuned model, a
+        classifier, a calibrated wrapper) and whose own settings did not change."""
+        if not self.same_answers or prepared.backend is not None or name not in self.rung_ids:
+            return None
+        if self.sections.get(name) != task.rungs.model_dump(mode="json").get(name):
+            return None
+        return self.rung_ids[name]
+
+
+def _reuse_stored(store: Store, rung_id: int, source_rung: int, prepared: Prepared,
+                  todo: list[tuple[int, Example]]) -> list[tuple[int, Example]]:
+    """Copy the earlier rung's prediction of every example in ``todo`` that would be sent the very
+    same prompt (so, with the same model, settings and constraint, gets the same answer), with its
+    share of the earlier rung's generation time; returns the examples still to answer."""
+    earlier = store.predictions(source_rung)
+    copied, left = [], []
+    for i, ex in todo:
+        row = earlier.get(ex.id)
+        if row is not None and json.loads(row["prompt_json"]) == prepared.plan(ex).chat(ex):
+            copied.append({
+                "example_id": ex.id, "example_index": i, "source": ex.source, "input": ex.input, "expected": ex.output,
+                "prompt": json.loads(row["prompt_json"]), "completion": row["completion"],
+                "prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"],
+                "cached_tokens": row["cached_tokens"], "latency_s": row["latency_s"],
+                "trace": json.loads(row["trace_json"] or "{}"),
+            })
+        else:
+            left.append((i, ex))
+    if copied:
+        store.add_predictions(rung_id, copied)
+        store.add_gen_seconds(rung_id, float(store.rung(source_rung)["gen_seconds"] or 0) * len(copied) / len(earlier))
+    return left
 
 
 def _climb_rungs(plan: _Plan, store: Store, reporter: Reporter, backend: Backend | None) -> ClimbResult:
@@ -267,7 +335,7 @@ def _climb_rungs(plan: _Plan, store: Store, reporter: Reporter, backend: Backend
             try:
                 prepared = workspace.prepare(name)
                 store.set_rung_artifact(rung_id, prepared.artifact.model_dump(mode="json"), str(workspace.work_dir(name)))
-                _predict_missing(store, rung_id, rung, prepared, test, workspace, params, reporter)
+                _predict_missing(store, rung_id, rung, prepared, test, workspace, params, reporter, plan)
             except (RungSkipped, Unsupported) as exc:
                 reason = exc.message if isinstance(exc, RungSkipped) else f"unsupported by this backend: {exc.message}"
                 store.skip_rung(rung_id, reason)
@@ -327,11 +395,20 @@ def _climb_rungs(plan: _Plan, store: Store, reporter: Reporter, backend: Backend
 
 def _predict_missing(
     store: Store, rung_id: int, rung: Rung, prepared: Prepared, test: Sequence[Example], workspace: Workspace,
-    params: Any, reporter: Reporter,
+    params: Any, reporter: Reporter, plan: _Plan,
 ) -> None:
-    """Answer the test examples the store has no prediction for yet, a chunk per transaction."""
+    """Answer the test examples the store has no prediction for yet (or that the run being reused
+    answered with the same prompt), a chunk per transaction."""
     done = store.predictions(rung_id)
     todo = [(i, ex) for i, ex in enumerate(test) if ex.id not in done]
+    source_rung = plan.reuse.rung_for(rung.name, plan.task, prepared) if plan.reuse and todo else None
+    if source_rung is not None:
+        before = len(todo)
+        todo = _reuse_stored(store, rung_id, source_rung, prepared, todo)
+        if len(todo) < before:
+            assert plan.reuse is not None
+            reporter.note(f"{rung.name}: {before - len(todo)} prediction(s) reused from run {plan.reuse.run_id} "
+                          "(same model, settings and prompts)")
     reporter.rung_start(rung.name, len(test), len(test) - len(todo))
     backend = prepared.backend or workspace.backends.shared()
     for start in range(0, len(todo), CHUNK):

@@ -95,7 +95,8 @@ def verdict(
        p95 under a latency requirement, no fine-tune when examples are few, requirements change
        weekly, time is short or knowledge changes fast, inspectable rungs under audit exposure);
        a factor that would leave nothing is reported as a warning instead.
-    4. The cheapest remaining rung at the task's volume (running + amortized one-off) wins.
+    4. The cheapest remaining rung at the task's volume (running + amortized one-off) wins; at
+       equal cost, the one that sends fewer tokens per call, then the lowest on the ladder.
 
     Costs are those of the measured model (never a what-if), and an offer a new customer cannot
     buy on the pricing date is never among them: the verdict says which were left out and why.
@@ -178,7 +179,10 @@ def verdict(
     if cands:
         priced = [s for s in cands if s.total_monthly_usd is not None]
         if priced:
-            pick = min(priced, key=lambda s: (s.total_monthly_usd, order[s.rung]))
+            # At equal cost (self-hosted rungs that all fit on one server) the rung that sends fewer
+            # tokens per call wins: it is cheaper as volume grows and on any per-token price.
+            tokens = {r.rung: r.mean_prompt_tokens + r.mean_completion_tokens for r in results}
+            pick = min(priced, key=lambda s: (s.total_monthly_usd, tokens[s.rung], order[s.rung]))
         else:
             pick = min(cands, key=lambda s: order[s.rung])
             warnings.append("no prices for the qualifying rungs: picked the lowest rung on the ladder")

@@ -65,8 +65,7 @@ def explain_pick(
         elif target is not None and not s.established:
             v.reasons.append(f"{base} meets the target on its point estimate, but {s.note}")
         elif target is not None:
-            v.reasons.append(f"{base} also meets the target but costs {usd(s.total_monthly_usd, 'unpriced')}/month vs "
-                             f"{usd(pick.total_monthly_usd, 'unpriced')}")
+            v.reasons.append(f"{base} also meets the target but {_costlier(s, pick, results, statuses)}")
     # The pick's own evidence.
     if target is not None:
         if pick.ci_meets:
@@ -110,10 +109,30 @@ def explain_pick(
         elif target is not None and best_below.rung in dropped:
             g += f"; {best_below.rung} was passed over: {dropped[best_below.rung]}"
         elif target is not None:
-            g += f"; {best_below.rung} also meets the target, {pick.rung} is cheaper at this volume"
+            g += f"; {best_below.rung} also meets the target but {_costlier(best_below, pick, results, statuses)}"
         v.gap = g
     if pick.kind.trains_weights and factors.clean_examples is None:
         v.next_steps.append("set factors.clean_examples: fine-tuning needs 500+ clean examples to be dependable")
+
+
+def _costlier(s: RungStatus, pick: RungStatus, results: list[RungResult], statuses: list[RungStatus]) -> str:
+    """Why ``s``, which also meets the target, lost to ``pick``: its monthly cost, or at the same
+    cost its tokens per call (what the verdict breaks ties on), with the numbers."""
+    if s.total_monthly_usd is None or pick.total_monthly_usd is None:
+        return f"costs {usd(s.total_monthly_usd, 'unpriced')}/month vs {usd(pick.total_monthly_usd, 'unpriced')}"
+    if s.total_monthly_usd != pick.total_monthly_usd:
+        more = s.total_monthly_usd - pick.total_monthly_usd
+        if usd(s.total_monthly_usd) == usd(pick.total_monthly_usd):  # a difference below the cents shown
+            return f"costs {usd(more)}/month more ({usd(s.total_monthly_usd)}/month vs {usd(pick.total_monthly_usd)})"
+        return f"costs {usd(s.total_monthly_usd)}/month vs {usd(pick.total_monthly_usd)}"
+    names = [x.rung for x in statuses]
+    tok = {x.rung: results[names.index(x.rung)].mean_prompt_tokens + results[names.index(x.rung)].mean_completion_tokens
+           for x in (s, pick)}
+    same = f"costs the same ({usd(s.total_monthly_usd)}/month at this volume)"
+    if tok[s.rung] > tok[pick.rung]:
+        return (f"{same} and sends {tok[s.rung] - tok[pick.rung]:,.0f} more tokens per call "
+                f"({tok[s.rung]:,.0f} vs {tok[pick.rung]:,.0f} for {pick.rung})")
+    return f"{same} with as many tokens per call; {pick.rung} is lower on the ladder"
 
 
 def explain_none(

@@ -211,6 +211,9 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N test examples, for a quick try.")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Resume the latest unfinished run of this task config.")] = False,
         run: Annotated[int | None, typer.Option(help="With --resume: the run id to resume.")] = None,
+        reuse: Annotated[int | None, typer.Option(help="A new run that reuses run REUSE's predictions wherever the "
+                                                  "model, the rung's settings and the prompt are unchanged (after "
+                                                  "editing one rung's settings).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")] = False,
         progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
         as_of: Annotated[str | None, typer.Option("--as-of", help="Price the ladder on this date (YYYY-MM-DD; "
@@ -233,6 +236,7 @@ def register(app: typer.Typer) -> None:
                 limit=limit,
                 resume=(run if run is not None else True) if resume else False,
                 reporter=rep,
+                reuse=reuse,
             )
         except KeyboardInterrupt:
             rep.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rungwise.config.base import Strict
 
@@ -26,17 +26,24 @@ class KnowledgeSpec(Strict):
     """Where the documents come from and how they are cut into chunks.
 
     ``path`` is a folder (.md, .txt, .html, .pdf files; each file is one document whose id is its
-    path relative to the folder) or a .jsonl file with one ``{id, title, text}`` object per line.
+    path relative to the folder) or a .jsonl file with one ``{id, title, text}`` object per line;
+    with ``format: python:module:function``, anything your reader turns into such records.
     """
 
     path: str = Field(description="A folder of documents, or a .jsonl of {id, title, text}; relative to task.yaml.")
+    format: str = Field(
+        "auto",
+        description="auto: a folder of files or a .jsonl, by what `path` is; or python:module:function, your own "
+        "reader: function(path) yields one {id, title, text} mapping per document (the field names below apply), "
+        "for a source in another shape (a dataset's JSON, a database export). It runs that code.",
+    )
     include: list[str] = Field(
         default_factory=lambda: list(DEFAULT_INCLUDE),
         description="Folder only: glob patterns of the files to read (relative to `path`).",
     )
-    id_field: str = Field("id", description="JSONL only: the field holding each document's id.")
-    title_field: str = Field("title", description="JSONL only: the field holding the title (optional in records).")
-    text_field: str = Field("text", description="JSONL only: the field holding the document text.")
+    id_field: str = Field("id", description="JSONL or reader: the field holding each document's id.")
+    title_field: str = Field("title", description="JSONL or reader: the field holding the title (optional in records).")
+    text_field: str = Field("text", description="JSONL or reader: the field holding the document text.")
     chunk_tokens: int = Field(
         200,
         ge=16,
@@ -51,6 +58,13 @@ class KnowledgeSpec(Strict):
         "still whole in one chunk. 0 keeps chunks disjoint: on SQuAD an overlap of 40 moved fused recall@5 by "
         "+0.002 for 8% more chunks to embed.",
     )
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v != "auto" and not v.strip().startswith("python:"):
+            raise ValueError(f"unknown knowledge format {v!r}; use auto (a folder or a .jsonl) or python:module:function")
+        return v
 
     @model_validator(mode="after")
     def _overlap_below_budget(self) -> KnowledgeSpec:

@@ -257,19 +257,34 @@ class JsonFields(Metric):
     the usual convention for "not mentioned". An example whose expected and predicted objects
     are both empty scores 1. The per-example score is F1; :meth:`ScoreSet.micro_prf` gives
     micro precision/recall/F1 over all fields.
+
+    ``schema`` (optional) is the JSON schema constrained decoding follows (the ``constrained``
+    rung): without one, the constraint is "any JSON object", and a small model may keep adding
+    fields until it runs out of tokens. Scoring is unchanged: fields against the expected object.
     """
 
     name = "json_fields"
 
     class Options(Strict):
-        model_config = ConfigDict(strict=True)
-        case_sensitive: bool = Field(False, description="Compare string values case-sensitively.")
+        case_sensitive: bool = Field(False, strict=True, description="Compare string values case-sensitively.")
+        schema_: str | dict[str, Any] | None = Field(
+            None, alias="schema", description="A JSON schema (file relative to task.yaml, or inline) for constrained "
+            "decoding; fields are still scored against the expected object."
+        )
+
+    @classmethod
+    def build(cls, options: Any, ctx: MetricContext) -> Metric:
+        schema = load_schema(options.schema_, ctx.base_dir) if options.schema_ is not None else None
+        return cls(options.case_sensitive, schema)
 
     def constraint(self) -> Constraint:
+        if self.schema is not None:
+            return Constraint("json", json_schema=json.dumps(self.schema, sort_keys=True))
         return Constraint("json")
 
-    def __init__(self, case_sensitive: bool = False) -> None:
+    def __init__(self, case_sensitive: bool = False, schema: dict[str, Any] | None = None) -> None:
         self.case_sensitive = case_sensitive
+        self.schema = schema
 
     def _norm(self, v: Any) -> Any:
         if isinstance(v, bool) or v is None:

@@ -1,4 +1,5 @@
-"""Reading a knowledge source into documents: a folder of .md/.txt/.html/.pdf files, or a JSONL file.
+"""Reading a knowledge source into documents: a folder of .md/.txt/.html/.pdf files, a JSONL file,
+or the records of the user's own reader (``knowledge.format: python:module:function``).
 
 PDFs are read with pypdf and HTML with trafilatura (as Markdown, so headings survive for the
 chunker); plain text must be UTF-8. Every problem names the file (and line) and the fix.
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from rungwise._deps import require
 from rungwise.config.knowledge import KnowledgeSpec
-from rungwise.errors import DataError
+from rungwise.errors import DataError, RungwiseError
+from rungwise.usercode import is_user_code, load_function
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ def load_documents(spec: KnowledgeSpec, base_dir: Path) -> list[Document]:
             f"knowledge source {path} does not exist",
             hint="set knowledge.path in task.yaml to a folder of documents or a .jsonl file (relative to task.yaml)",
         )
+    if is_user_code(spec.format):
+        return _read_with_reader(path, spec, base_dir)
     if path.is_dir():
         return _read_folder(path, spec.include)
     if path.suffix.lower() == ".jsonl":
@@ -173,12 +177,11 @@ def _read_pdf(path: Path, doc_id: str) -> Document:
 
 
 def _read_jsonl(path: Path, spec: KnowledgeSpec) -> list[Document]:
-    docs: list[Document] = []
-    seen: dict[str, int] = {}
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 (byte {exc.start})", hint="convert the file to UTF-8") from None
+    records = _Records(spec, "one JSON object per line")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -187,8 +190,41 @@ def _read_jsonl(path: Path, spec: KnowledgeSpec) -> list[Document]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: invalid JSON ({exc.msg})", hint="one JSON object per line") from None
+        records.add(rec, where, f"line {n}")
+    return records.documents(f"{path}: no documents with text", "add records like {'id': 'a', 'text': '...'}")
+
+
+def _read_with_reader(path: Path, spec: KnowledgeSpec, base_dir: Path) -> list[Document]:
+    """The documents the user's reader yields for ``path`` (``knowledge.format: python:module:function``)."""
+    read = load_function(spec.format, base_dir, field="knowledge.format", what="reader")
+    records = _Records(spec, "yield one dict per document")
+    try:
+        for i, rec in enumerate(read(path), 1):
+            records.add(rec, f"{path}#{i} (from {spec.format})", f"record {i}")
+    except RungwiseError:
+        raise
+    except Exception as exc:  # the user's code: say which reader failed on which source
+        raise DataError(f"{path}: the knowledge reader {spec.format} raised {type(exc).__name__}: {exc}",
+                        hint="fix the reader function (it receives the knowledge path)") from exc
+    return records.documents(f"{path}: the reader {spec.format} yielded no documents with text",
+                             "check the reader and knowledge.path")
+
+
+class _Records:
+    """Documents from ``{id, title, text}`` records (JSONL lines or a reader's output), checked one by one."""
+
+    def __init__(self, spec: KnowledgeSpec, shape_hint: str) -> None:
+        self.spec = spec
+        self.shape_hint = shape_hint
+        self.docs: list[Document] = []
+        self.seen: dict[str, str] = {}
+
+    def add(self, rec: object, where: str, mark: str) -> None:
+        """Check one record (``where`` names it in errors; ``mark`` is how a later duplicate refers to it)."""
+        spec = self.spec
         if not isinstance(rec, dict):
-            raise DataError(f"{where}: expected a JSON object", hint=f"write {{{spec.id_field!r}: ..., {spec.text_field!r}: ...}}")
+            raise DataError(f"{where}: expected a JSON object (a mapping), got {type(rec).__name__}",
+                            hint=f"{self.shape_hint}: {{{spec.id_field!r}: ..., {spec.text_field!r}: ...}}")
         for key in (spec.id_field, spec.text_field):
             if key not in rec:
                 raise DataError(
@@ -199,12 +235,14 @@ def _read_jsonl(path: Path, spec: KnowledgeSpec) -> list[Document]:
         doc_id, text = str(rec[spec.id_field]), rec[spec.text_field]
         if not isinstance(text, str):
             raise DataError(f"{where}: field {spec.text_field!r} must be a string", hint="put the document text there")
-        if doc_id in seen:
-            raise DataError(f"{where}: duplicate id {doc_id!r} (first on line {seen[doc_id]})", hint="give every document a unique id")
-        seen[doc_id] = n
+        if doc_id in self.seen:
+            raise DataError(f"{where}: duplicate id {doc_id!r} (first on {self.seen[doc_id]})",
+                            hint="give every document a unique id")
+        self.seen[doc_id] = mark
         if text.strip():
-            title = str(rec.get(spec.title_field) or "")
-            docs.append(Document(doc_id, title, text, where))
-    if not docs:
-        raise DataError(f"{path}: no documents with text", hint="add records like {'id': 'a', 'text': '...'}")
-    return docs
+            self.docs.append(Document(doc_id, str(rec.get(spec.title_field) or ""), text, where))
+
+    def documents(self, empty: str, hint: str) -> list[Document]:
+        if not self.docs:
+            raise DataError(empty, hint=hint)
+        return self.docs
