@@ -45,7 +45,6 @@ import inspect
 import logging
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -398,10 +397,6 @@ class LocalBackend(Backend):
         torch = self.torch
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
-            # Recent transformers renamed generate's `past_key_values` to `cache` and warn on every
-            # climb; the old name is the one every transformers 5 accepts (pyproject allows >= 5.0).
-            stack.enter_context(warnings.catch_warnings())
-            warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
             if self.autocast_dtype is not None:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
             if self._fast_attention:

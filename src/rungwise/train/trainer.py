@@ -656,11 +656,12 @@ def _resume(run: _Run, ckpt: Path) -> dict[str, Any] | None:
     return torch.load(rng_file, weights_only=True) if rng_file.exists() else None
 
 
-def _setup(task: Any, train: Sequence[Example], out_dir: Path, system_prompt: str | None, resume: bool) -> _Run | FinetuneResult:
+def _setup(
+    task: Any, train: Sequence[Example], out_dir: Path, system_prompt: str | None, resume: bool, spec: FinetuneSpec
+) -> _Run | FinetuneResult:
     """Everything before the first step; a finished run with the same data and settings instead, when
     ``resume`` finds one."""
     torch = require("torch")
-    spec = finetune_spec(task)
     if not train:
         raise DataError("the train split is empty: nothing to fine-tune on", hint="add training examples")
     t_start = time.perf_counter()
@@ -797,13 +798,15 @@ def plan_training(
     system_prompt: str | None = None,
     resume: bool = True,
     usd_per_hour: float | None = None,
+    spec: FinetuneSpec | None = None,
 ) -> TrainingPlan:
     """Set up a fine-tune and measure what it will take, before it starts.
 
     Loads the model and the data (the work :func:`finetune` then reuses when given the plan),
     counts the examples, tokens and steps of the whole run, and times a forward + backward pass
     of a typical batch on this machine (a few seconds) to estimate the wall time; ``usd_per_hour``
-    prices it. ``system_prompt`` defaults to the one of ``rungs.finetune.prompt``. A finished
+    prices it. ``spec`` defaults to the task's ``rungs.finetune`` section (a rung variant passes its
+    own); ``system_prompt`` defaults to the one of its ``prompt`` shape. A finished
     run with the same data and settings in ``out_dir`` gives a plan with ``finished=True``.
 
     Example:
@@ -811,9 +814,9 @@ def plan_training(
         >>> print(plan.summary())  # doctest: +SKIP
         >>> plan.check_budget()  # raises TrainingBudgetExceeded with the ways to fit  # doctest: +SKIP
     """
-    spec = finetune_spec(task)
+    spec = spec or finetune_spec(task)
     t0 = time.perf_counter()
-    run = _setup(task, train, Path(out_dir), system_prompt, resume)
+    run = _setup(task, train, Path(out_dir), system_prompt, resume, spec)
     if isinstance(run, FinetuneResult):
         return _reuse_plan(run, spec, usd_per_hour, time.perf_counter() - t0)
     train_s, eval_s = _measure_speed(run)
@@ -883,10 +886,11 @@ def finetune(
     resume: bool = True,
     on_step: StepCallback | None = None,
     plan: TrainingPlan | None = None,
+    spec: FinetuneSpec | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``task.model`` on ``train`` (the train split only) and save the artifact.
 
-    The settings come from ``task.rungs.finetune`` (:class:`FinetuneSpec`); the system prompt
+    The settings are ``spec`` or the task's ``rungs.finetune`` (:class:`FinetuneSpec`); the system prompt
     trained on is the one of its ``prompt`` shape unless ``system_prompt`` is given. A
     validation slice carved from ``train`` drives early stopping and picks the best checkpoint.
     ``plan`` is :func:`plan_training`'s result for the same arguments (its loaded model is
@@ -902,7 +906,7 @@ def finetune(
         'ft/adapter'
     """
     if plan is None:
-        plan = plan_training(task, train, Path(out_dir), system_prompt=system_prompt, resume=resume)
+        plan = plan_training(task, train, Path(out_dir), system_prompt=system_prompt, resume=resume, spec=spec)
     run = plan._run
     if run is None:
         raise ValueError("this training plan was already used: make a new one with plan_training()")
