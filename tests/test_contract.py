@@ -188,16 +188,20 @@ def test_a_stored_artifact_of_another_version_is_refused(tmp_path: Path) -> None
             ws.load("few_shot", {"version": 1, "prompt": {}, "strategy": "psychic", "k": 1})
 
 
-def test_finetune_min_is_estimated_with_the_prompt_it_sends(tmp_path: Path) -> None:
+def test_finetune_rungs_are_estimated_with_the_prompt_they_send(tmp_path: Path) -> None:
     from rungwise.economics.estimate import estimate_profiles
 
-    task = _task(tmp_path, ["zero_shot", "finetune", "finetune_min"])
+    task = load_task(write_task(tmp_path, rungs={"order": ["zero_shot", "finetune", "finetune_full"],
+                                                 "finetune_full": {"use": "finetune", "prompt": "full"}}))
     by = {p.rung: p for p in estimate_profiles(task)[0]}
     system = base_system(task)
-    assert by["finetune"].prompt_tokens == pytest.approx(by["zero_shot"].prompt_tokens)
-    # no system prompt at all: about len(system)/4 + a message's overhead fewer tokens
-    assert by["finetune"].prompt_tokens - by["finetune_min"].prompt_tokens >= len(system) / 4
-    assert by["finetune_min"].training is not None and by["finetune_min"].training == by["finetune"].training
+    # trained on the full prompt: sent the full prompt
+    assert by["finetune_full"].prompt_tokens == pytest.approx(by["zero_shot"].prompt_tokens)
+    # trained on the input alone (the default): about len(system)/4 + a message's overhead fewer tokens
+    assert by["finetune_full"].prompt_tokens - by["finetune"].prompt_tokens >= len(system) / 4
+    # and fewer training tokens too
+    assert by["finetune"].training is not None and by["finetune_full"].training is not None
+    assert by["finetune"].training.tokens < by["finetune_full"].training.tokens
     assert by["finetune"].kind.trains_weights and not by["zero_shot"].kind.trains_weights
 
 

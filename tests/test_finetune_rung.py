@@ -1,5 +1,6 @@
 """The finetune rungs inside a real climb, on a tiny Llama built in the test: audit before
-training, adapter + model card, forgetting check, minimal-prompt scoring, token saving, export."""
+training, the training plan said first, adapter + model card, forgetting check, each prompt shape
+trained and scored as itself, token saving, quick climbs capped, export."""
 
 from __future__ import annotations
 
@@ -14,10 +15,24 @@ from helpers import ticket_rows, write_jsonl
 from rungwise.cli.core import ladder_notes
 from rungwise.climb import climb
 from rungwise.config.task import task_from_dict
+from rungwise.rungs.base import BackendPool, RungContext
+from rungwise.rungs.finetune import QUICK_TRAIN_MIN, quick_spec
+from rungwise.train.config import FinetuneSpec
 
-pytestmark = pytest.mark.model
+
+class _Notes:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def rung_start(self, name: str, total: int, done: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def rung_end(self, result: object) -> None: ...
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
 
 
+@pytest.mark.model
 def test_climb_with_finetune_rungs(tiny_llama_dir: Path, tmp_path: Path) -> None:
     write_jsonl(tmp_path / "data.jsonl", ticket_rows(12))
     probe = [
@@ -34,19 +49,32 @@ def test_climb_with_finetune_rungs(tiny_llama_dir: Path, tmp_path: Path) -> None
             "metric": "accuracy",
             "model": {"id": str(tiny_llama_dir), "dtype": "float32", "params": {"max_tokens": 4}},
             "rungs": {
-                "order": ["few_shot", "finetune", "finetune_min"],
+                "order": ["few_shot", "finetune", "finetune_full", "finetune_min"],
                 "few_shot": {"k": 3},
                 "finetune": {
                     "max_steps": 3, "batch_size": 4, "learning_rate": 1e-2, "val_min": 4, "warmup_ratio": 0.0,
                     "forgetting": {"probe": "probe.jsonl", "n": 8},
                 },
+                "finetune_full": {
+                    "use": "finetune", "prompt": "full", "max_steps": 3, "batch_size": 4, "learning_rate": 1e-2,
+                    "val_min": 4, "warmup_ratio": 0.0, "forgetting": {"enabled": False},
+                },
             },
         },
         base_dir=tmp_path,
     )
-    res = climb(task, all_rungs=True)
-    few, ft, ft_min = res.rungs
-    assert [r.rung for r in res.rungs] == ["few_shot", "finetune", "finetune_min"]
+    reporter = _Notes()
+    res = climb(task, all_rungs=True, reporter=reporter)
+    few, ft, ft_full = res.rungs
+    assert [r.rung for r in res.rungs] == ["few_shot", "finetune", "finetune_full"]
+    # the default fine-tune trains on the input alone and is scored the same way; finetune_min
+    # would repeat it, so it is skipped with the reason
+    assert ft.artifact["prompt"]["system"] == "" and ft_full.artifact["prompt"]["system"].startswith("Route the ticket")
+    assert any(n.startswith("finetune_min skipped: finetune already trains on") for n in reporter.notes)
+    # the plan of each training was said before it started, with its measured estimate
+    plans = [n for n in reporter.notes if n.startswith("fine-tune plan:")]
+    assert len(plans) == 2 and all("(measured)" in p for p in plans)
+    assert "minimal prompt" in plans[0] and "full prompt" in plans[1]
     art = ft.artifact
     # the audit ran before training and its verdict is recorded
     assert art["audit"]["verdict"] in ("ready", "ready_with_warnings", "not_ready")
@@ -54,20 +82,21 @@ def test_climb_with_finetune_rungs(tiny_llama_dir: Path, tmp_path: Path) -> None
     assert art["train_examples"] + art["val_examples"] <= 27 and art["train_tokens"] > 0
     adapter = Path(art["adapter_dir"])
     assert (adapter / "adapter_model.safetensors").exists()
-    card = Path(ft_min.artifact["model_card"]).read_text()
-    assert "full prompt" in card and "minimal prompt" in card and task.name in card
+    card = Path(art["model_card"]).read_text()
+    assert "minimal prompt" in card and "full prompt" not in card and task.name in card
+    assert "full prompt" in Path(ft_full.artifact["model_card"]).read_text()
     # forgetting check on the user probe, with a CI
     fg = art["forgetting"]
     assert fg["n"] == 8 and fg["ci_low"] <= fg["delta_points"] <= fg["ci_high"]
-    # both tuned rungs share one adapter; the minimal prompt is shorter than the full one
-    assert ft_min.artifact["adapter_dir"] == art["adapter_dir"]
-    assert ft_min.mean_prompt_tokens < ft.mean_prompt_tokens < few.mean_prompt_tokens
+    # two prompt shapes, two adapters; the minimal prompt is shorter than the full one
+    assert ft_full.artifact["adapter_dir"] != art["adapter_dir"]
+    assert ft.mean_prompt_tokens < ft_full.mean_prompt_tokens < few.mean_prompt_tokens
     assert ft.comparison is not None and ft.comparison.against == "few_shot"
     notes = "\n".join(ladder_notes(res))
     assert "audit of the train split" in notes and "forgetting (probe.jsonl" in notes
     assert "prompt tokens/call vs" in notes and "best prompting rung (few_shot)" in notes
     # the verdict prices the fine-tuned rung with its training run
-    assert {c.rung for c in res.costs} == {"few_shot", "finetune", "finetune_min"}
+    assert {c.rung for c in res.costs} == {"few_shot", "finetune", "finetune_full"}
 
     # export the run as hosted fine-tuning JSONL; the validator passes it
     out = tmp_path / "train.openai.jsonl"
@@ -78,3 +107,20 @@ def test_climb_with_finetune_rungs(tiny_llama_dir: Path, tmp_path: Path) -> None
     assert p.returncode == 0, p.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert recs and all(r["messages"][-1]["role"] == "assistant" for r in recs)
+
+
+def test_a_quick_climb_caps_the_training_data_and_says_so(tmp_path: Path) -> None:
+    def ctx(limit: int | None, n_train: int = 200) -> RungContext:
+        return RungContext(task=None, train=[None] * n_train, config=FinetuneSpec(), work_dir=tmp_path,  # type: ignore[arg-type]
+                           backends=BackendPool(lambda: None), resolver=lambda name, build=True: None,  # type: ignore[arg-type,return-value]
+                           quick_limit=limit)
+
+    spec, note = quick_spec(FinetuneSpec(), ctx(None))
+    assert spec.max_train_examples is None and note is None
+    spec, note = quick_spec(FinetuneSpec(), ctx(20))
+    assert spec.max_train_examples == 80 and note is not None and "--limit 20" in note and "80 of the 200" in note
+    spec, note = quick_spec(FinetuneSpec(), ctx(2))
+    assert spec.max_train_examples == QUICK_TRAIN_MIN
+    # a cap that changes nothing is not applied, nor said
+    assert quick_spec(FinetuneSpec(), ctx(20, n_train=50)) == (FinetuneSpec(), None)
+    assert quick_spec(FinetuneSpec(max_train_examples=40), ctx(20))[0].max_train_examples == 40

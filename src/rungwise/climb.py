@@ -322,7 +322,7 @@ def _climb_rungs(plan: _Plan, store: Store, reporter: Reporter, backend: Backend
     workspace = Workspace(
         task, split.train, BackendPool(task.model.build, borrowed=backend),
         stored=lambda name: store.latest_artifact(name, str(workspace.work_dir(name))),
-        quick_limit=limit,
+        quick_limit=limit, say=reporter.note,
     )
     params = task.model.params.to_params()
     results: list[RungResult] = []

@@ -214,6 +214,8 @@ class RungContext:
     resolver: Callable[..., Prepared]
     quick_limit: int | None = None
     knowledge_opener: Callable[[Any], Any] | None = None
+    #: Tells the user something before a long step (the CLI prints it as a note): a training plan.
+    say: Callable[[str], None] = lambda message: None
 
     def knowledge(self, retriever: RetrieverSpec) -> KnowledgeBase:
         """The task's knowledge source, indexed for ``retriever`` (opened once per climb and

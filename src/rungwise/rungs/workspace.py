@@ -68,7 +68,8 @@ class Workspace:
     """Prepares the rungs of one task on one train split, each at most once.
 
     ``stored`` finds a rung's artifact from an earlier run of this task (for rungs that resolve
-    another rung which this climb does not run); ``quick_limit`` marks a quick try (``--limit``).
+    another rung which this climb does not run); ``quick_limit`` marks a quick try (``--limit``); ``say``
+    passes what a rung tells the user before a long step (the climb's reporter notes).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class Workspace:
         stored: StoredLookup | None = None,
         quick_limit: int | None = None,
         root: Path | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.task = task
         self.train = train
@@ -87,6 +89,7 @@ class Workspace:
         self._stored = stored or (lambda name: None)
         self.quick_limit = quick_limit
         self._root = root
+        self._say = say or (lambda message: None)
         self._train_hash = examples_hash(train)
         self._prepared: dict[str, Prepared] = {}
         self._knowledge: dict[str, KnowledgeBase] = {}
@@ -112,7 +115,7 @@ class Workspace:
             self._contexts[name] = RungContext(
                 task=self.task, train=self.train, config=self.task.rungs.section(name), work_dir=self.work_dir(name),
                 backends=self.backends, resolver=self.resolve, quick_limit=self.quick_limit,
-                knowledge_opener=self.knowledge,
+                knowledge_opener=self.knowledge, say=self._say,
             )
         return self._contexts[name]
 
