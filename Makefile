@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install browser demo test lint bench readme clean
 
 install: $(STAMP)
 
@@ -35,12 +35,16 @@ test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 
 # TRL is the baseline of the training benchmark only (the `bench` extra).
 bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/run_all.py
+
+# Rewrites README.md's "A real verdict" section from a real run of the demo (timed, as printed).
+readme: install
+	$(BIN)/python scripts/readme_demo.py
 
 clean:
 	rm -rf $(VENV) demo-task .rungwise build dist src/*.egg-info
