@@ -93,6 +93,18 @@ def test_too_few_examples(tmp_path: Path) -> None:
     assert not rep.ok and "at least 10" in rep.errors[-1]
 
 
+def test_an_export_for_a_closed_fine_tuning_offer_warns_and_keeps_line_separators(tmp_path: Path) -> None:
+    # U+2028 inside a string is valid JSON written raw by ensure_ascii=False; str.splitlines would cut there.
+    rec = {"messages": [{"role": "user", "content": "a\u2028b"}, {"role": "assistant", "content": "c"}]}
+    p = tmp_path / "ok.jsonl"
+    p.write_text("\n".join(json.dumps(rec, ensure_ascii=False) for _ in range(12)) + "\n", encoding="utf-8")
+    rep = validate_openai_jsonl(p, price_model="openai/gpt-4o-mini")
+    assert rep.ok and rep.n_examples == 12
+    # gpt-4o-mini fine-tuning closed to new customers on 2026-05-07 (the catalog; it ends 2027-01-06),
+    # so from then on it warns
+    assert any("gpt-4o-mini fine-tuning is" in w and "rungwise prices" in w for w in rep.warnings)
+
+
 def test_alpaca_and_sharegpt_from_a_task_file(tmp_path: Path) -> None:
     """A task file exports what its fine-tune trains on: the prompt shape of rungs.finetune.prompt."""
     rows = [{"input": f"{LABELS[i % 3]} text {i}", "output": LABELS[i % 3]} for i in range(30)]

@@ -208,7 +208,9 @@ def register(app: typer.Typer) -> None:
         task_file: Annotated[Path, typer.Argument(help="task.yaml (or its directory).", metavar="TASK")],
         all_rungs: Annotated[bool, typer.Option("--all", help="Measure every rung, even after one meets the target.")] = False,
         rungs: Annotated[str | None, typer.Option(help="Comma-separated rungs to climb (default: rungs.order).")] = None,
-        limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N test examples, for a quick try.")] = None,
+        limit: Annotated[int | None, typer.Option(
+            min=1, help="A quick try: score only the first N test examples (and train on at most 4N, at least 32).",
+        )] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Resume the latest unfinished run of this task config.")] = False,
         run: Annotated[int | None, typer.Option(help="With --resume: the run id to resume.")] = None,
         reuse: Annotated[int | None, typer.Option(help="A new run that reuses run REUSE's predictions wherever the "

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rungwise.data.loaders import jsonl_lines
 from rungwise.errors import ConfigError, DataError, RungwiseError
 from rungwise.train.trainer import RESULT_FILE, FinetuneResult
 
@@ -121,14 +122,25 @@ def openai_epochs(n_examples: int) -> int:
     return target
 
 
-def _price(model: str) -> float | None:
+def _price(model: str) -> tuple[float | None, str | None]:
+    """The catalog's training price per 1M tokens of ``model``, and a warning when new customers
+    cannot buy that fine-tuning today (the export is still valid; the offer is not)."""
+    import datetime as dt
+
     try:
         from rungwise.prices.catalog import load_catalog
 
         ft = load_catalog().model(model).finetune
-        return ft.training_per_1m if ft else None
     except (ImportError, RungwiseError):
-        return None
+        return None, None
+    if ft is None:
+        return None, None
+    today = dt.date.today()
+    closed = None
+    if not ft.availability.open_to_new(today):
+        closed = (f"{model} fine-tuning is {ft.availability.describe(today)} ({ft.availability.source}): "
+                  "a new account cannot start this job; `rungwise prices` lists the offers still open")
+    return ft.training_per_1m, closed
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -214,7 +226,9 @@ def validate_openai_jsonl(
         rep.warnings.append(f"{rep.n_examples} examples: the providers recommend at least 50")
     rep.n_epochs = n_epochs or openai_epochs(rep.n_examples)
     rep.price_model = price_model
-    rep.price_per_1m = _price(price_model)
+    rep.price_per_1m, closed = _price(price_model)
+    if closed:
+        rep.warnings.append(closed)
     rep.billed_tokens = rep.n_epochs * rep.total_tokens
     if rep.price_per_1m is not None:
         rep.est_cost_usd = rep.billed_tokens / 1e6 * rep.price_per_1m
@@ -231,7 +245,7 @@ def _records_from_dir(d: Path) -> list[dict[str, Any]]:
     for name in ("train.jsonl", "val.jsonl"):
         f = d / name
         if f.exists():
-            recs.extend(json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip())
+            recs.extend(json.loads(line) for _, line in jsonl_lines(f.read_text(encoding="utf-8")))
     if not recs:
         raise DataError(f"{d}: the fine-tune directory has no train.jsonl", hint="re-run the fine-tune with this rungwise version")
     return recs
@@ -278,9 +292,7 @@ def resolve_source(source: str | Path) -> tuple[list[dict[str, Any]], FinetuneRe
         return to_jsonl_records(load_split(task).train, training_system_prompt(task)), None
     if p.is_file() and p.suffix == ".jsonl":
         recs = []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
+        for i, line in jsonl_lines(p.read_text(encoding="utf-8")):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
