@@ -21,6 +21,8 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run in --out."),
         max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Override rungs.finetune.max_steps."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        plan: bool = typer.Option(False, "--plan", help="Print the training plan (examples, tokens, steps, the wall "
+                                  "time measured by a short warm-up) and stop; exit 2 when it exceeds the budget."),
     ) -> None:
         """Fine-tune the task's model on its train split (LoRA by default; see rungs.finetune).
 
@@ -29,7 +31,7 @@ def register(app: typer.Typer) -> None:
         """
         from rungwise.train.__main__ import run
 
-        run(str(task_path), out, resume=resume, progress=not quiet, max_steps=max_steps)
+        run(str(task_path), out, resume=resume, progress=not quiet, max_steps=max_steps, plan_only=plan)
 
     @app.command()
     def export(

@@ -16,9 +16,13 @@ import sys
 from pathlib import Path
 
 
-def run(task_path: str, out: Path, *, resume: bool = True, progress: bool = True, max_steps: int | None = None) -> int:
+def run(
+    task_path: str, out: Path, *, resume: bool = True, progress: bool = True, max_steps: int | None = None,
+    plan_only: bool = False,
+) -> int:
     """Load the task, split it, print the training plan, fine-tune on the train split (on the prompt
-    shape of ``rungs.finetune.prompt``); print a one-line summary. Returns 0."""
+    shape of ``rungs.finetune.prompt``); print a one-line summary. Returns 0. ``plan_only`` stops
+    after the plan (and its budget check): what a training would take, known in seconds."""
     from rungwise.config.task import load_task
     from rungwise.data.dataset import load_split
     from rungwise.train.trainer import finetune, plan_training
@@ -30,6 +34,9 @@ def run(task_path: str, out: Path, *, resume: bool = True, progress: bool = True
     plan = plan_training(task, split.train, out, resume=resume)
     if plan.world_size == 1 or _is_main():
         print(plan.summary(), flush=True)
+    if plan_only:
+        plan.check_budget()
+        return 0
     res = finetune(task, split.train, out, progress=progress, resume=resume, plan=plan)
     if res.world_size == 1 or _is_main():
         best = f", best val loss {res.best_val_loss:.4f} at step {res.best_step}" if res.best_val_loss is not None else ""
@@ -55,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-resume", action="store_true", help="start over instead of resuming a checkpoint in --out")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--max-steps", type=int, default=None, help="override rungs.finetune.max_steps")
+    ap.add_argument("--plan", action="store_true", help="print the training plan (measured estimate) and stop")
     args = ap.parse_args(argv)
     try:
-        return run(args.task, args.out, resume=not args.no_resume, progress=not args.no_progress, max_steps=args.max_steps)
+        return run(args.task, args.out, resume=not args.no_resume, progress=not args.no_progress, max_steps=args.max_steps,
+                   plan_only=args.plan)
     except RungwiseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
