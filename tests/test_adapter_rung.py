@@ -157,8 +157,21 @@ def test_fit_check_follows_peft_on_an_empty_base(tmp_path: Path) -> None:
     base64 = _config_only_model(tmp_path / "base64", 64)
     fits = inspect_weights_dir(_random_adapter(tmp_path / "a64", 64, str(base64)), "rungs.adapter.path")
     check_fits_base(fits, str(base64), "rungs.adapter.path")  # same shapes: no error
-    # a merged model must be the base's architecture with other weights
+    # an adapter of modules the base does not have (GPT-2's c_attn on a Llama)
     import torch
+    from safetensors.torch import save_file
+
+    gpt2 = tmp_path / "gpt2-adapter"
+    gpt2.mkdir()
+    (gpt2 / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "target_modules": ["c_attn"],
+         "base_model_name_or_path": "openai-community/gpt2"}))
+    save_file({"base_model.model.transformer.h.0.attn.c_attn.lora_A.weight": torch.zeros(4, 768)},
+              str(gpt2 / "adapter_model.safetensors"))
+    with pytest.raises(ConfigError) as err:
+        check_fits_base(inspect_weights_dir(gpt2, "rungs.g.path"), str(base64), "rungs.g.path")
+    assert "not found in the base model" in err.value.message and "openai-community/gpt2" in (err.value.hint or "")
+    # a merged model must be the base's architecture with other weights
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)

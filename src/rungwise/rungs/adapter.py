@@ -38,6 +38,7 @@ from rungwise.rungs.base import Prepared, Rung, RungArtifact, RungContext, estim
 from rungwise.train.config import ForgettingSpec
 from rungwise.train.data import system_prompt_for
 from rungwise.train.external import WeightsDir, check_fits_base, inspect_weights_dir, model_name
+from rungwise.train.forgetting import forgetting_record
 from rungwise.types import FINETUNE, Example, TokenEstimate, TrainingRecord
 
 
@@ -173,10 +174,10 @@ class Adapter(Rung):
             training_seconds=cfg.training_seconds, training_devices=cfg.training_devices,
             training_examples=cfg.training_examples,
         )
-        prepared = Prepared(art, PromptTemplate.from_dict(art.prompt), backend=ctx.backends.adopt(self._open(wd, base, spec)))
-        assert prepared.backend is not None
-        art.forgetting, art.forgetting_summary = self._forgetting(ctx, cfg.forgetting, prepared.backend)
-        return prepared
+        tuned = ctx.backends.adopt(self._open(wd, base, spec))
+        art.forgetting, art.forgetting_summary = forgetting_record(
+            ctx.shared_backend(), tuned, cfg.forgetting, base_dir=ctx.task.base_dir, section=self.name)
+        return Prepared(art, PromptTemplate.from_dict(art.prompt), backend=tuned)
 
     def load(self, ctx: RungContext, artifact: RungArtifact) -> Prepared:
         """Re-open a stored artifact, refusing when the weights or the base changed since it was
@@ -250,8 +251,3 @@ class Adapter(Rung):
             )
             model_id = f"local:{wd.path.name}"
         return LocalBackend(model, tok, model_id=model_id, batch_size=spec.batch_size, prefix_cache=spec.prefix_cache)
-
-    def _forgetting(self, ctx: RungContext, fspec: ForgettingSpec, tuned: Backend) -> tuple[dict[str, Any] | None, str | None]:
-        from rungwise.train.forgetting import forgetting_record
-
-        return forgetting_record(ctx.shared_backend(), tuned, fspec, base_dir=ctx.task.base_dir, section=self.name)

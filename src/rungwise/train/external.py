@@ -195,16 +195,23 @@ def check_fits_base(wd: WeightsDir, base_dir: str, field: str, *, trust_remote_c
     try:
         with _peft_reads_deprecated_alias():
             peft.PeftModel.from_pretrained(base, str(wd.path), is_trainable=False, low_cpu_mem_usage=True)
-    except (RuntimeError, ValueError) as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        mismatches = [ln for ln in lines if ln.startswith("size mismatch")]
-        detail = "; ".join(mismatches[:2]) + (f" (and {len(mismatches) - 2} more)" if len(mismatches) > 2 else "") \
-            if mismatches else lines[0] if lines else type(exc).__name__
+    except (RuntimeError, ValueError) as exc:  # torch's size mismatch; PEFT's missing target modules
         raise ConfigError(
-            f"task.yaml {field}: the adapter in {wd.path} does not fit the task's model ({detail})",
+            f"task.yaml {field}: the adapter in {wd.path} does not fit the task's model ({_peft_finding(exc)})",
             hint="set model.id to the base model the adapter was trained on"
             + (f" (the adapter records {wd.recorded_base})" if wd.recorded_base else ""),
         ) from None
+
+
+def _peft_finding(exc: Exception) -> str:
+    """PEFT's complaint in one line: the first two size mismatches (of often hundreds), else its
+    first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    mismatches = [ln for ln in lines if ln.startswith("size mismatch")]
+    if not mismatches:
+        return lines[0] if lines else type(exc).__name__
+    more = f" (and {len(mismatches) - 2} more)" if len(mismatches) > 2 else ""
+    return "; ".join(mismatches[:2]) + more
 
 
 def _check_same_shapes(wd: WeightsDir, base: Any, merged: Any, field: str) -> None:
