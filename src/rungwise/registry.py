@@ -159,6 +159,7 @@ RUNGS: Registry[Any] = Registry(
         "constrained": "rungwise.rungs.constrained:Constrained",
         "rag": "rungwise.rungs.rag:Rag",
         "hybrid": "rungwise.rungs.hybrid:Hybrid",
+        "adapter": "rungwise.rungs.adapter:Adapter",
     },
 )
 

@@ -178,7 +178,8 @@ def explain_none(
         else:
             steps.append("add the finetune rung (rungs.order) to measure whether training closes the gap")
     if trained:
-        records = [rr.training for s, rr in zip(statuses, results, strict=True) if s in trained and rr.training]
+        records = [rr.training for s, rr in zip(statuses, results, strict=True)
+                   if s in trained and rr.training and rr.training.examples]  # 0: not known (trained elsewhere)
         more = f" (trained on {records[0].examples})" if records else ""
         steps.append(f"more clean training data{more}: fine-tuned scores usually keep rising with examples")
     steps.append("a larger base model (model.id): a bigger model starts higher on every rung")

@@ -321,7 +321,7 @@ def retrain_days_of(task: Task) -> int | None:
 def _train_tokens(t: TokenProfile) -> tuple[float | None, float, str]:
     """Training tokens per epoch, epochs, and how the tokens are known."""
     tr = t.training
-    if tr is None:
+    if tr is None or not (tr.tokens or tr.examples):  # e.g. an adapter trained elsewhere, nothing entered
         return None, 1.0, ""
     epochs = tr.epochs or 1.0
     if tr.tokens:

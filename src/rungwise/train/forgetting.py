@@ -32,12 +32,14 @@ import random
 import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from rungwise.backends.base import Backend
 from rungwise.config.task import Task
 from rungwise.errors import DataError
 from rungwise.evaluate.scores import ScoreSet
 from rungwise.evaluate.stats import paired_test
+from rungwise.train.config import ForgettingSpec
 from rungwise.types import Chat
 
 LETTERS = string.ascii_uppercase
@@ -266,3 +268,29 @@ def forgetting_for_task(task: Task, base: Backend, tuned: Backend) -> Forgetting
         threshold_points=spec.threshold_points,
         base_dir=task.base_dir,
     )
+
+
+def forgetting_record(
+    base: Backend, tuned: Backend, spec: ForgettingSpec, *, base_dir: Path, section: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """What a tuned rung records of the check: (the result as a dict, its one-line summary), or
+    (None, why it was skipped) when the default MMLU probe is not on this machine, or (None, None)
+    when ``spec`` disables it. ``section`` names the rung's task.yaml section in that note.
+
+    A user's own probe file that is broken raises (the user must fix it); only the default probe
+    may be missing, because it reads the shared datasets folder that a machine may lack.
+
+    Example:
+        >>> fg, summary = forgetting_record(base, tuned, spec, base_dir=task.base_dir, section="finetune")  # doctest: +SKIP
+    """
+    if not spec.enabled:
+        return None, None
+    try:
+        fg = forgetting_check(base, tuned, probe=spec.probe, n=spec.n, seed=spec.seed,
+                              threshold_points=spec.threshold_points, base_dir=base_dir)
+    except DataError as exc:
+        if spec.probe != "mmlu":
+            raise
+        return None, (f"forgetting check skipped: {exc.message} (set RUNGWISE_SHARED to a folder with datasets/mmlu, "
+                      f"or rungs.{section}.forgetting.probe to your own JSONL probe)")
+    return fg.to_dict(), fg.summary()
