@@ -22,7 +22,6 @@ from typing import Any
 from pydantic import Field
 
 from rungwise.config.base import Strict
-from rungwise.errors import DataError
 from rungwise.prompting import PromptTemplate, chat_tokens_estimate, count_tokens_estimate
 from rungwise.rungs.base import (
     Prepared,
@@ -182,30 +181,13 @@ class Finetune(Rung):
         return est
 
     def _forgetting(self, ctx: RungContext, spec: FinetuneSpec, prepared: Prepared) -> None:
+        from rungwise.train.forgetting import forgetting_record
+
         art = prepared.artifact
         assert isinstance(art, FinetuneArtifact) and prepared.backend is not None
-        fspec = spec.forgetting
-        if not fspec.enabled:
-            return
-        from rungwise.train.forgetting import forgetting_check
-
-        try:
-            fg = forgetting_check(
-                ctx.shared_backend(), prepared.backend, probe=fspec.probe, n=fspec.n, seed=fspec.seed,
-                threshold_points=fspec.threshold_points, base_dir=ctx.task.base_dir,
-            )
-        except DataError as exc:
-            if fspec.probe != "mmlu":
-                raise  # the user's own probe file is broken: say so
-            # The default probe reads MMLU from the shared datasets folder, which a machine
-            # without it lacks; the rung is still measured, and the note says how to enable it.
-            art.forgetting_summary = (
-                f"forgetting check skipped: {exc.message} (set RUNGWISE_SHARED to a folder with datasets/mmlu, "
-                "or rungs.finetune.forgetting.probe to your own JSONL probe)"
-            )
-        else:
-            art.forgetting = fg.to_dict()
-            art.forgetting_summary = fg.summary()
+        art.forgetting, art.forgetting_summary = forgetting_record(
+            ctx.shared_backend(), prepared.backend, spec.forgetting, base_dir=ctx.task.base_dir, section=self.name,
+        )
 
     def finalize(self, ctx: RungContext, prepared: Prepared, result: RungResult, previous: Sequence[RungResult],
                  scored: Scored) -> None:
