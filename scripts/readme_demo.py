@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,8 @@ def main() -> int:
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         total = time.perf_counter() - t0
         load1 = os.getloadavg()[0]
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime
     printed = p.stdout.replace(tmp, "/tmp/demo").rstrip()
     if p.returncode != 0:
         print(printed)
@@ -108,7 +111,9 @@ def main() -> int:
         START,
         f"`make demo` with a warm install on {dt.date.today().isoformat()} ({_machine()}; load average "
         f"{load0:.1f} at the start and {load1:.1f} at the end, on a machine shared with other jobs): "
-        f"**{total / 60:.1f} minutes** from `rungwise init` to the verdict. Where the time went (from the run store):",
+        f"**{total / 60:.1f} minutes** from `rungwise init` to the verdict, {cpu / 60:.1f} CPU-minutes (user + system, "
+        f"all threads: on an idle machine with {os.cpu_count()} cores the wall time is about the CPU time divided by "
+        f"the cores torch keeps busy). Where the time went (from the run store):",
         "",
         *_where_the_time_goes(int(m.group(1)), total),
         "",
