@@ -19,8 +19,6 @@ from rungwise.config.task import load_task
 from rungwise.data.dataset import load_split
 from rungwise.train.trainer import FinetuneResult, finetune, load_tuned_backend
 
-pytestmark = pytest.mark.model
-
 LABELS = ["refund", "shipping", "account"]
 #: Relative tolerance on losses (float32; FSDP2 reduce-scatters where one process sums: observed
 #: differences are about 1e-6) and, times the largest weight, on the trained weights.
@@ -126,6 +124,7 @@ def _same_answers(one: FinetuneResult, two_dir: Path, task: object) -> None:
     assert out[0].prompt_tokens > 0 and isinstance(out[0].text, str)
 
 
+@pytest.mark.model
 @pytest.mark.skipif(shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists(),
                     reason="accelerate CLI not installed")
 def test_fsdp_two_cpu_processes_match_one_process_and_resume(tiny_llama_dir: Path, tmp_path: Path) -> None:
@@ -154,3 +153,19 @@ def test_fsdp_two_cpu_processes_match_one_process_and_resume(tiny_llama_dir: Pat
     lora = FinetuneResult.load(tmp_path / "two" / "lora")
     assert lora.resumed_from_step == 2 and not (tmp_path / "two" / "lora" / "checkpoint").exists()
     assert (tmp_path / "two" / "lora" / "adapter" / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize(("flag", "named"), [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")])
+def test_a_deepspeed_or_megatron_launch_stops_with_a_clear_error(
+    flag: str, named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `accelerate launch --use_deepspeed` / a DeepSpeed config sets: refused before any model
+    loads (exit 2, no traceback), with the FSDP2 launch as the fix."""
+    from rungwise.train.__main__ import main
+
+    task = _write_task(tmp_path, tmp_path / "no-model-needed", "lora", 2)
+    monkeypatch.setenv(flag, "true")
+    assert main([str(task), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "--use_fsdp --fsdp_version 2" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

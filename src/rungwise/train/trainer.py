@@ -22,6 +22,11 @@ Checkpoints (trainable weights, optimizer, step, RNG state) are written at every
 on Ctrl-C, so an interrupted run resumes where it stopped and ends with the same weights as an
 uninterrupted one.
 
+Under ``accelerate launch --use_fsdp --fsdp_version 2`` the model is sharded (FSDP2): the same
+loop runs, checkpoints and the best weights are written as every process's slices, and the
+artifact is gathered into the same ``adapter/`` or ``model/`` a single process writes
+(:mod:`rungwise.train.sharding`).
+
 Example:
     >>> plan = plan_training(task, split.train, Path("runs/ft"))  # doctest: +SKIP
     >>> print(plan.summary())  # doctest: +SKIP
@@ -695,7 +700,16 @@ def _setup(
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
     bf16 = use_bf16(spec, device)
-    base_model, tok, rm = _load_base(task, spec, device, bf16)
+    if sharded and spec.method == "qlora":
+        raise Unsupported(
+            "method 'qlora' is not supported under FSDP: rungwise shards full-precision weights only",
+            hint="use method: lora under FSDP (the sharded base need not be 4-bit), or method: qlora on one GPU "
+            "without --use_fsdp",
+        )
+    # Sharded: load on the CPU (transformers loads the weights on the main process only under
+    # FSDP's cpu_ram_efficient_loading); prepare() then moves each process's shards to its device,
+    # so no device ever holds the whole model.
+    base_model, tok, rm = _load_base(task, spec, "cpu" if sharded else device, bf16)
     fp = _fingerprint(spec, dhash, f"{rm.model_id}@{rm.sha256 or models.checkpoint_dir(rm)}", world, sharded)
     if not resume and is_main:
         for name in (CHECKPOINT_DIR, BEST_DIR, RESULT_FILE, "adapter", "model"):
@@ -913,7 +927,9 @@ def finetune(
     :class:`rungwise.train.plan.TrainingBudgetExceeded` before the first step. With ``resume``,
     a finished run in ``out_dir`` with the same settings and data is returned as is, and an
     interrupted one continues from its last checkpoint. Runs the same under
-    ``accelerate launch --num_processes N`` (DDP); only the main process writes.
+    ``accelerate launch --num_processes N`` (DDP; only the main process writes) and with
+    ``--use_fsdp --fsdp_version 2`` (FSDP2; every process writes its slices of a checkpoint, the
+    main process the gathered artifact).
 
     Example:
         >>> res = finetune(task, train, Path("ft"))  # doctest: +SKIP
