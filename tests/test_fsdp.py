@@ -20,9 +20,13 @@ from rungwise.data.dataset import load_split
 from rungwise.train.trainer import FinetuneResult, finetune, load_tuned_backend
 
 LABELS = ["refund", "shipping", "account"]
-#: Relative tolerance on losses (float32; FSDP2 reduce-scatters where one process sums: observed
-#: differences are about 1e-6) and, times the largest weight, on the trained weights.
-LOSS_RTOL = 1e-5
+#: Per method: (learning rate, validate every n steps, relative tolerance on the losses). LoRA trains
+#: gently (float32; FSDP2 reduce-scatters where one process sums: observed differences about 1e-6).
+#: The full fine-tune diverges on purpose (lr 0.2), so that it stops early and the best weights,
+#: from an earlier step, are restored from their sharded copy; the tiny differences grow with the
+#: divergence (observed: up to 1e-4 by the last step).
+SETTINGS = {"lora": (0.01, 2, 1e-5), "full": (0.2, 1, 1e-3)}
+#: Tolerance on the trained weights, times the largest weight (observed: about 1.4e-4 full, 1.2e-4 LoRA).
 WEIGHT_TOL = 1e-3
 
 # Run under one `accelerate launch` (starting processes is most of the test's time): a full
@@ -68,6 +72,7 @@ def _write_task(d: Path, model_dir: Path, method: str, batch_size: int) -> Path:
             for i in range(40):
                 lab = LABELS[i % 3]
                 f.write(json.dumps({"input": f"{lab} request number {i}" + " please" * (i % 5), "output": lab}) + "\n")
+    lr, every, _ = SETTINGS[method]
     p = d / f"task_{method}{batch_size}.yaml"
     p.write_text(
         "name: fsdp\n"
@@ -75,8 +80,8 @@ def _write_task(d: Path, model_dir: Path, method: str, batch_size: int) -> Path:
         "labels: [refund, shipping, account]\n"
         f"model: {{id: '{model_dir}'}}\n"
         "rungs:\n"
-        f"  finetune: {{method: {method}, max_steps: 4, batch_size: {batch_size}, dropout: 0.0, learning_rate: 0.01,\n"
-        "              bf16: false, eval_every: 2, val_min: 4}\n"
+        f"  finetune: {{method: {method}, max_steps: 4, batch_size: {batch_size}, dropout: 0.0, learning_rate: {lr},\n"
+        f"              bf16: false, eval_every: {every}, val_min: 4, early_stopping_patience: 2}}\n"
     )
     return p
 
@@ -93,13 +98,13 @@ def _launch(args: list[str], cwd: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _same_run(one: FinetuneResult, two: FinetuneResult) -> None:
+def _same_run(one: FinetuneResult, two: FinetuneResult, rtol: float) -> None:
     assert two.world_size == 2 and two.sharded and one.world_size == 1 and not one.sharded
-    assert two.n_train == one.n_train and two.steps == one.steps == 4
-    assert [h["train_loss"] for h in two.history] == pytest.approx([h["train_loss"] for h in one.history], rel=LOSS_RTOL)
+    assert two.n_train == one.n_train and two.steps == one.steps
+    assert (two.best_step, two.stopped_early) == (one.best_step, one.stopped_early)
+    assert [h["train_loss"] for h in two.history] == pytest.approx([h["train_loss"] for h in one.history], rel=rtol)
     val = [h["val_loss"] for h in one.history if "val_loss" in h]
-    assert [h["val_loss"] for h in two.history if "val_loss" in h] == pytest.approx(val, rel=LOSS_RTOL) and len(val) == 2
-    assert two.best_step == one.best_step
+    assert [h["val_loss"] for h in two.history if "val_loss" in h] == pytest.approx(val, rel=rtol) and len(val) >= 2
 
 
 def _same_weights(a_dir: Path, b_dir: Path) -> None:
@@ -144,9 +149,12 @@ def test_fsdp_two_cpu_processes_match_one_process_and_resume(tiny_llama_dir: Pat
     assert len([f for f in seen["files"] if f.startswith("sharded/") and f.endswith(".distcp")]) == 2
     assert "trainable.safetensors" not in seen["files"] and {"rng_0.pt", "rng_1.pt"} <= set(seen["files"])
 
+    # The full fine-tune did what it is set up for: stop early, keep an earlier step's weights.
+    assert one["full"].stopped_early and one["full"].best_step < one["full"].steps
+    assert one["lora"].steps == 4
     for method in ("full", "lora"):
         two = FinetuneResult.load(tmp_path / "two" / method)
-        _same_run(one[method], two)
+        _same_run(one[method], two, SETTINGS[method][2])
         _same_weights(one[method].artifact_dir, two.artifact_dir)
         task = load_task(tmp_path / f"task_{method}4.yaml")
         _same_answers(one[method], tmp_path / "two" / method, task)

@@ -758,9 +758,8 @@ def _setup(
     ddp_mod, optimizer = acc.prepare(loss_mod, _make_optimizer([p for p in model.parameters() if p.requires_grad], spec))
     params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP2 replaced them
     run = _Run(
-        spec=spec, out_dir=out_dir, system_prompt=system, prompt=prompt, acc=acc, sharded=sharded, rm=rm, model=model,
-        tok=tok,
-        loss_mod=loss_mod, ddp_mod=ddp_mod, optimizer=optimizer, params=params, train=tr, val=val,
+        spec=spec, out_dir=out_dir, system_prompt=system, prompt=prompt, acc=acc, sharded=sharded, rm=rm,
+        model=model, tok=tok, loss_mod=loss_mod, ddp_mod=ddp_mod, optimizer=optimizer, params=params, train=tr, val=val,
         n_available=len(train), enc_train=enc_tr, enc_val=enc_val, skipped=skipped + skipped_val, data_hash=dhash,
         bf16=bf16, layout=layout, prefix_tokens=prefix, steps_per_epoch=spe, total_steps=total,
         eval_every=eval_every, save_every=spec.save_every or eval_every, state=TrainState(fingerprint=fp),
@@ -788,7 +787,9 @@ def _measure_speed(run: _Run) -> tuple[float, float]:
 
     A one-example pass goes first, untimed (memory allocation, kernel selection). Nothing
     changes: the gradients are dropped, the random state is restored, no optimizer step is
-    taken; the passes go through the unwrapped module, so no DDP gradient sync happens either.
+    taken; the passes go through the unwrapped module, so no DDP gradient sync happens either
+    (under FSDP2 the module is sharded in place: every process makes the same passes, which
+    gather weights and reduce gradients as training does).
     """
     torch = require("torch")
     rng = _rng_state()
