@@ -1,5 +1,5 @@
 """Fine-tuning: LoRA / full / QLoRA with PEFT, in a lean loop that also runs under
-``accelerate launch`` (DDP); export; model cards.
+``accelerate launch`` (DDP or FSDP2); export; model cards.
 
 Modules (import them directly; this package imports nothing heavy):
 
@@ -13,6 +13,8 @@ Modules (import them directly; this package imports nothing heavy):
 - :mod:`rungwise.train.trainer`: ``plan_training(task, train, out_dir)`` -> ``TrainingPlan``;
   ``finetune(task, train, out_dir, plan=...)`` -> ``FinetuneResult``;
   ``load_tuned_backend(result_or_dir, task)``; ``load_adapter_backend(spec, dir)``.
+- :mod:`rungwise.train.sharding`: what differs under FSDP2 (sharded checkpoints, the gathered
+  artifact, FSDP over gloo on CPU); DeepSpeed / Megatron-LM refused with a clear error.
 - :mod:`rungwise.train.export`: ``export(source, fmt, out)``, ``validate_openai_jsonl(path)``.
 - :mod:`rungwise.train.card`: ``write_model_card(dir, result, metrics=..., forgetting=...)``.
 

@@ -2,7 +2,8 @@
 
 This is the entry point for several processes::
 
-    accelerate launch --num_processes 2 --cpu -m rungwise.train task.yaml --out runs/ft   # DDP, gloo
+    accelerate launch --multi_gpu --num_processes 2 -m rungwise.train task.yaml --out runs/ft  # DDP
+    accelerate launch --use_fsdp --fsdp_version 2 --num_processes 2 -m rungwise.train task.yaml --out runs/ft  # FSDP2
     accelerate launch --config_file fsdp.yaml -m rungwise.train task.yaml --out runs/ft  # see docs/multi-gpu.md
 
 Every process loads the same split; the trainer shards the batches itself and only the main

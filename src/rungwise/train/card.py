@@ -99,6 +99,7 @@ def provenance(
             "device": result.device,
             "compute_dtype": result.compute_dtype,
             "processes": result.world_size,
+            "sharded": result.sharded,
         },
         "metrics": {k: _plain(v) for k, v in (metrics or {}).items()},
         "forgetting": _plain(forgetting),
@@ -175,7 +176,7 @@ def write_model_card(
         f"{result.steps} steps ({result.epochs_run:g} epochs), best validation loss "
         f"{'n/a' if result.best_val_loss is None else f'{result.best_val_loss:.4f}'} at step {result.best_step}"
         f"{' (stopped early)' if result.stopped_early else ''}; {result.train_tokens:,} tokens in "
-        f"{result.train_seconds:.0f} s on {result.device} ({result.compute_dtype}, {result.world_size} process(es)), "
+        f"{result.train_seconds:.0f} s on {result.device} ({result.compute_dtype}, {result.world_size} process(es){', FSDP2' if result.sharded else ''}), "
         f"{result.tokens_per_s:,.0f} tokens/s, peak memory {result.peak_mem_mb:,.0f} MB.",
         "",
     ]

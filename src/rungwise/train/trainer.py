@@ -22,6 +22,11 @@ Checkpoints (trainable weights, optimizer, step, RNG state) are written at every
 on Ctrl-C, so an interrupted run resumes where it stopped and ends with the same weights as an
 uninterrupted one.
 
+Under ``accelerate launch --use_fsdp --fsdp_version 2`` the model is sharded (FSDP2): the same
+loop runs, checkpoints and the best weights are written as every process's slices, and the
+artifact is gathered into the same ``adapter/`` or ``model/`` a single process writes
+(:mod:`rungwise.train.sharding`).
+
 Example:
     >>> plan = plan_training(task, split.train, Path("runs/ft"))  # doctest: +SKIP
     >>> print(plan.summary())  # doctest: +SKIP
@@ -50,6 +55,7 @@ from rungwise import __version__ as _rw_version
 from rungwise import models
 from rungwise._deps import require
 from rungwise.errors import ConfigError, DataError, MissingDependency, Unsupported
+from rungwise.train import sharding
 from rungwise.train.config import FinetuneSpec, finetune_spec
 from rungwise.train.data import (
     Encoded,
@@ -73,6 +79,10 @@ from rungwise.types import Example
 RESULT_FILE = "result.json"
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
+#: Inside a checkpoint or best/ of a sharded (FSDP2) run: every process's slices (DCP's format).
+SHARDED_DIR = "sharded"
+#: The prefix of the model's parameter names inside the loss module (its attribute ``model``).
+_WRAPPED = "model."
 
 #: ``shared_prefix: auto`` turns on when every training example starts with this many common tokens.
 SHARED_PREFIX_MIN_TOKENS = 16
@@ -125,6 +135,7 @@ class FinetuneResult:
     device: str
     compute_dtype: str
     world_size: int
+    sharded: bool = False  # FSDP2: the weights were split over the processes while training
     stopped_early: bool = False
     resumed_from_step: int | None = None
     history: list[dict[str, float]] = field(default_factory=list)
@@ -333,9 +344,18 @@ def _make_loss_module(model: Any) -> Any:
     additive_mask = _attention_implementation(model) == "eager"
 
     class CompletionLoss(torch.nn.Module):
+        # What Accelerate's FSDP2 preparation reads from the module it shards: the decoder-layer
+        # classes to shard one by one (fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP), and a way
+        # to tie the embeddings again after it moved the weights to the meta device.
+        _no_split_modules = getattr(inner, "_no_split_modules", None)
+
         def __init__(self) -> None:
             super().__init__()
             self.model = model
+
+        def tie_weights(self) -> None:
+            if hasattr(inner, "tie_weights"):
+                inner.tie_weights()
 
         def forward(self, input_ids: Any, labels: Any, attention_mask: Any = None, position_ids: Any = None) -> Any:
             target = labels[:, 1:]
@@ -408,10 +428,12 @@ def _save_trainable(d: Path, model: Any) -> None:
     os.replace(tmp, d / "trainable.safetensors")
 
 
-def _fingerprint(spec: FinetuneSpec, dhash: str, base: str, world: int) -> str:
+def _fingerprint(spec: FinetuneSpec, dhash: str, base: str, world: int, sharded: bool = False) -> str:
     import hashlib
 
-    blob = json.dumps([spec.hyperparameters(), dhash, base, world], sort_keys=True)
+    # A sharded checkpoint has another format: only a sharded run of the same size resumes it.
+    parts: list[Any] = [spec.hyperparameters(), dhash, base, world] + (["fsdp2"] if sharded else [])
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -509,6 +531,7 @@ class _Run:
     system_prompt: str
     prompt: str
     acc: Any
+    sharded: bool  # FSDP2: parameters are DTensor slices; whole weights are gathered (see sharding)
     rm: models.ResolvedModel
     model: Any
     tok: Any
@@ -574,23 +597,15 @@ class _Run:
         return torch.autocast("cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=self.bf16)
 
 
-def _accelerator() -> Any:
+def _accelerator() -> tuple[Any, bool]:
+    """(accelerator, whether the model is sharded: FSDP2). DeepSpeed / Megatron-LM stop here."""
     torch = require("torch")
     accelerate = require("accelerate")
+    sharding.refuse_unsupported()
     # cpu=True without CUDA: under `accelerate launch --multi_gpu` / torchrun the processes then
     # form a gloo process group (accelerate's MULTI_CPU) instead of each training alone.
     acc = accelerate.Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
-    dist = str(acc.distributed_type).rsplit(".", 1)[-1]
-    if dist in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        # Checkpoints, best-weights selection and the artifact read whole parameters per process;
-        # sharded training (FSDP / ZeRO-3) would need gathering at each of those points.
-        raise Unsupported(
-            f"rungwise's trainer runs data-parallel (DDP) only; the accelerate config asks for {dist}",
-            hint="launch with `accelerate launch --multi_gpu` (DDP: LoRA syncs only the small adapters), use "
-            "method: qlora to fit a large base on one GPU, or export the data (rungwise export --format sharegpt) "
-            "for Axolotl / LLaMA-Factory with FSDP or DeepSpeed (docs/multi-gpu.md)",
-        )
-    return acc
+    return acc, sharding.configure(acc)
 
 
 def _system_prompt(task: Any, spec: FinetuneSpec, given: str | None) -> tuple[str, str]:
@@ -648,8 +663,11 @@ def _resume(run: _Run, ckpt: Path) -> dict[str, Any] | None:
             f"{ckpt}: a checkpoint from a run with other settings or data is in the way",
             hint="resume with the same task settings, pass --no-resume to start over, or use another output directory",
         )
-    _load_trainable(run.model, st.load_file(str(ckpt / "trainable.safetensors")))
-    run.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=run.device, weights_only=True))
+    if run.sharded:
+        sharding.load_sharded(ckpt / SHARDED_DIR, run.ddp_mod, run.optimizer)
+    else:
+        _load_trainable(run.model, st.load_file(str(ckpt / "trainable.safetensors")))
+        run.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=run.device, weights_only=True))
     run.state = TrainState.from_dict(saved)
     run.resumed_from = run.state.step
     rng_file = ckpt / f"rng_{run.rank}.pt"
@@ -665,7 +683,7 @@ def _setup(
     if not train:
         raise DataError("the train split is empty: nothing to fine-tune on", hint="add training examples")
     t_start = time.perf_counter()
-    acc = _accelerator()
+    acc, sharded = _accelerator()
     device, world, is_main = str(acc.device), acc.num_processes, acc.is_main_process
 
     system, prompt = _system_prompt(task, spec, system_prompt)
@@ -682,8 +700,17 @@ def _setup(
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
     bf16 = use_bf16(spec, device)
-    base_model, tok, rm = _load_base(task, spec, device, bf16)
-    fp = _fingerprint(spec, dhash, f"{rm.model_id}@{rm.sha256 or models.checkpoint_dir(rm)}", world)
+    if sharded and spec.method == "qlora":
+        raise Unsupported(
+            "method 'qlora' is not supported under FSDP: rungwise shards full-precision weights only",
+            hint="use method: lora under FSDP (the sharded base need not be 4-bit), or method: qlora on one GPU "
+            "without --use_fsdp",
+        )
+    # Sharded: load on the CPU (transformers loads the weights on the main process only under
+    # FSDP's cpu_ram_efficient_loading); prepare() then moves each process's shards to its device,
+    # so no device ever holds the whole model.
+    base_model, tok, rm = _load_base(task, spec, "cpu" if sharded else device, bf16)
+    fp = _fingerprint(spec, dhash, f"{rm.model_id}@{rm.sha256 or models.checkpoint_dir(rm)}", world, sharded)
     if not resume and is_main:
         for name in (CHECKPOINT_DIR, BEST_DIR, RESULT_FILE, "adapter", "model"):
             p = out_dir / name
@@ -724,14 +751,15 @@ def _setup(
         eval_every = int(spec.eval_every)
 
     loss_mod = _make_loss_module(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    # prepare() wraps in DDP under `accelerate launch` (and only moves to the device otherwise).
-    # The optimizer is prepared so that its state follows the device; batches are sharded by
-    # our own plan, so no dataloader goes through accelerate.
-    ddp_mod, optimizer = acc.prepare(loss_mod, _make_optimizer(params, spec))
+    # prepare() wraps in DDP under `accelerate launch` (and only moves to the device otherwise), or
+    # shards the model in place under FSDP2 (and points the optimizer at the shards). The optimizer
+    # is prepared so that its state follows the device; batches are sharded by our own plan, so no
+    # dataloader goes through accelerate.
+    ddp_mod, optimizer = acc.prepare(loss_mod, _make_optimizer([p for p in model.parameters() if p.requires_grad], spec))
+    params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP2 replaced them
     run = _Run(
-        spec=spec, out_dir=out_dir, system_prompt=system, prompt=prompt, acc=acc, rm=rm, model=model, tok=tok,
-        loss_mod=loss_mod, ddp_mod=ddp_mod, optimizer=optimizer, params=params, train=tr, val=val,
+        spec=spec, out_dir=out_dir, system_prompt=system, prompt=prompt, acc=acc, sharded=sharded, rm=rm,
+        model=model, tok=tok, loss_mod=loss_mod, ddp_mod=ddp_mod, optimizer=optimizer, params=params, train=tr, val=val,
         n_available=len(train), enc_train=enc_tr, enc_val=enc_val, skipped=skipped + skipped_val, data_hash=dhash,
         bf16=bf16, layout=layout, prefix_tokens=prefix, steps_per_epoch=spe, total_steps=total,
         eval_every=eval_every, save_every=spec.save_every or eval_every, state=TrainState(fingerprint=fp),
@@ -759,7 +787,9 @@ def _measure_speed(run: _Run) -> tuple[float, float]:
 
     A one-example pass goes first, untimed (memory allocation, kernel selection). Nothing
     changes: the gradients are dropped, the random state is restored, no optimizer step is
-    taken; the passes go through the unwrapped module, so no DDP gradient sync happens either.
+    taken; the passes go through the unwrapped module, so no DDP gradient sync happens either
+    (under FSDP2 the module is sharded in place: every process makes the same passes, which
+    gather weights and reduce gradients as training does).
     """
     torch = require("torch")
     rng = _rng_state()
@@ -898,7 +928,9 @@ def finetune(
     :class:`rungwise.train.plan.TrainingBudgetExceeded` before the first step. With ``resume``,
     a finished run in ``out_dir`` with the same settings and data is returned as is, and an
     interrupted one continues from its last checkpoint. Runs the same under
-    ``accelerate launch --num_processes N`` (DDP); only the main process writes.
+    ``accelerate launch --num_processes N`` (DDP; only the main process writes) and with
+    ``--use_fsdp --fsdp_version 2`` (FSDP2; every process writes its slices of a checkpoint, the
+    main process the gathered artifact).
 
     Example:
         >>> res = finetune(task, train, Path("ft"))  # doctest: +SKIP
@@ -998,11 +1030,16 @@ def _validate(run: _Run) -> float | None:
     mine = order[run.rank :: run.world]
     tot = torch.zeros(2, dtype=torch.float64, device=run.device)
     bs = run.spec.batch_size
+    # Under FSDP2 every pass gathers weights from all processes, so all make as many passes as the
+    # process with the most examples (rank 0); a process out of examples passes one, uncounted.
+    passes = math.ceil(math.ceil(len(order) / run.world) / bs) if run.sharded else math.ceil(len(mine) / bs)
     with torch.no_grad(), run.autocast():
-        for s in range(0, len(mine), bs):
-            loss_sum, n = run.loss_mod(**run.tensors([run.enc_val[i] for i in mine[s : s + bs]]))
-            tot[0] += loss_sum.double()
-            tot[1] += n
+        for k in range(passes):
+            batch = mine[k * bs : (k + 1) * bs]
+            loss_sum, n = run.loss_mod(**run.tensors([run.enc_val[i] for i in batch or order[:1]]))
+            if batch:
+                tot[0] += loss_sum.double()
+                tot[1] += n
     run.ddp_mod.train()
     tot = run.acc.reduce(tot, reduction="sum") if run.world > 1 else tot
     return float(tot[0] / tot[1]) if tot[1] > 0 else None
@@ -1013,7 +1050,9 @@ def _keep_best(run: _Run, val_loss: float) -> None:
     state = run.state
     if state.best_val_loss is None or val_loss < state.best_val_loss - 1e-6:
         state.best_val_loss, state.best_step, state.bad_evals = val_loss, state.step, 0
-        if run.is_main:
+        if run.sharded:
+            _write_dir(run, run.out_dir / BEST_DIR, lambda d: sharding.save_sharded(d / SHARDED_DIR, run.ddp_mod))
+        elif run.is_main:
             _save_trainable(run.out_dir / BEST_DIR, run.model)
         return
     state.bad_evals += 1
@@ -1022,26 +1061,39 @@ def _keep_best(run: _Run, val_loss: float) -> None:
 
 
 def _save_checkpoint(run: _Run) -> None:
-    """Write a resume checkpoint atomically (tmp dir + rename); every rank writes its RNG state."""
+    """Write a resume checkpoint; every rank writes its RNG state (and under FSDP2 its slices of
+    the trainable weights and optimizer state)."""
     torch = require("torch")
     st = require("safetensors.torch")
-    ckpt = run.out_dir / CHECKPOINT_DIR
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
+
+    def write(tmp: Path) -> None:
+        torch.save(run.rng, tmp / f"rng_{run.rank}.pt")
+        if run.sharded:
+            sharding.save_sharded(tmp / SHARDED_DIR, run.ddp_mod, run.optimizer)
+        elif run.is_main:
+            st.save_file(_trainable_state(run.model), str(tmp / "trainable.safetensors"))
+            torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
+        if run.is_main:
+            (tmp / "state.json").write_text(json.dumps(asdict(run.state), indent=2))
+
+    _write_dir(run, run.out_dir / CHECKPOINT_DIR, write)
+
+
+def _write_dir(run: _Run, target: Path, write: Callable[[Path], None]) -> None:
+    """Replace the directory ``target`` atomically: every process runs ``write(tmp)``, then the
+    main process renames ``tmp`` to ``target``."""
+    tmp = target.with_name(target.name + ".tmp")
     if run.is_main:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     run.acc.wait_for_everyone()
-    torch.save(run.rng, tmp / f"rng_{run.rank}.pt")
-    if run.is_main:
-        st.save_file(_trainable_state(run.model), str(tmp / "trainable.safetensors"))
-        torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(run.state), indent=2))
+    write(tmp)
     run.acc.wait_for_everyone()
     if run.is_main:
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
-        os.replace(tmp, ckpt)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     run.acc.wait_for_everyone()
 
 
@@ -1053,13 +1105,19 @@ def _finish(run: _Run, plan: TrainingPlan) -> FinetuneResult:
     the data trained on and ``result.json``; drop the resume state."""
     state, spec, out_dir = run.state, run.spec, run.out_dir
     if state.best_step is not None and state.best_step != state.step:
-        st = require("safetensors.torch")
-        _load_trainable(run.model, st.load_file(str(out_dir / BEST_DIR / "trainable.safetensors")))
+        if run.sharded:
+            sharding.load_sharded(out_dir / BEST_DIR / SHARDED_DIR, run.ddp_mod)
+        else:
+            st = require("safetensors.torch")
+            _load_trainable(run.model, st.load_file(str(out_dir / BEST_DIR / "trainable.safetensors")))
     run.acc.wait_for_everyone()
     full = spec.method == "full"
     artifact = out_dir / ("model" if full else "adapter")
+    # Sharded: gather the whole weights onto the main process first (every process takes part),
+    # so that the artifact is the one a single process writes.
+    gathered = sharding.full_state(run.ddp_mod, trainable_only=not full, prefix=_WRAPPED) if run.sharded else None
     if run.is_main:
-        run.model.save_pretrained(artifact, safe_serialization=True)
+        run.model.save_pretrained(artifact, safe_serialization=True, **({"state_dict": gathered} if run.sharded else {}))
         run.tok.save_pretrained(artifact)
         write_jsonl(out_dir / "train.jsonl", to_jsonl_records(run.train, run.system_prompt))
         if run.val:
@@ -1092,6 +1150,7 @@ def _finish(run: _Run, plan: TrainingPlan) -> FinetuneResult:
         device=run.device,
         compute_dtype="bfloat16" if run.bf16 else "float32",
         world_size=run.world,
+        sharded=run.sharded,
         stopped_early=state.stopped_early,
         resumed_from_step=run.resumed_from,
         history=state.history,
