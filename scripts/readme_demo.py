@@ -109,7 +109,8 @@ def main() -> int:
     printed = printed.replace(str(Path(home).expanduser()), "~/.rungwise")
     section = "\n".join([
         START,
-        f"`make demo` with a warm install on {dt.date.today().isoformat()} ({_machine()}; load average "
+        f"`make demo` with a warm install on {dt.date.today().isoformat()} ({_machine()}; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average "
         f"{load0:.1f} at the start and {load1:.1f} at the end, on a machine shared with other jobs): "
         f"**{total / 60:.1f} minutes** from `rungwise init` to the verdict, {cpu / 60:.1f} CPU-minutes (user + system, "
         f"all threads: on an idle machine with {os.cpu_count()} cores the wall time is about the CPU time divided by "
