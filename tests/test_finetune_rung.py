@@ -124,3 +124,23 @@ def test_a_quick_climb_caps_the_training_data_and_says_so(tmp_path: Path) -> Non
     # a cap that changes nothing is not applied, nor said
     assert quick_spec(FinetuneSpec(), ctx(20, n_train=50)) == (FinetuneSpec(), None)
     assert quick_spec(FinetuneSpec(max_train_examples=40), ctx(20))[0].max_train_examples == 40
+
+
+@pytest.mark.model
+def test_a_fine_tune_over_its_budget_is_skipped_and_the_ladder_stands(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data.jsonl", ticket_rows(8))
+    task = task_from_dict(
+        {
+            "name": "ft-budget", "data": {"path": "data.jsonl", "test_fraction": 0.25, "seed": 3},
+            "instructions": "Route the ticket to a team.", "labels": ["billing", "bug", "account"],
+            "model": {"id": str(tiny_llama_dir), "dtype": "float32", "params": {"max_tokens": 4}},
+            "rungs": {"order": ["zero_shot", "finetune"],
+                      "finetune": {"budget_minutes": 1e-6, "forgetting": {"enabled": False}}},
+        },
+        base_dir=tmp_path,
+    )
+    reporter = _Notes()
+    res = climb(task, all_rungs=True, reporter=reporter)
+    assert [r.rung for r in res.rungs] == ["zero_shot"] and res.verdict is not None
+    [skip] = [n for n in reporter.notes if n.startswith("finetune skipped:")]
+    assert "over the budget of 1e-06 min" in skip and "to fit:" in skip and "budget_minutes" in skip

@@ -8,8 +8,8 @@ two rungs: a variant, ``finetune_full: {use: finetune, prompt: full}``.
 
 Before training, the data audit runs on the train split and the training plan is printed: its
 examples, tokens, steps and the wall time measured by a short warm-up; a plan over
-``budget_minutes`` stops with the ways to fit. A quick climb (``--limit``) also caps what it
-trains on, and says so. After training, the forgetting check scores the base and the tuned model
+``budget_minutes`` skips the rung (the rest of the ladder and its verdict stand) with the ways
+to fit. A quick climb (``--limit``) also caps what it trains on, and says so. After training, the forgetting check scores the base and the tuned model
 on a general-ability probe. The model is trained once per (model, prompt, settings, train data)
 and loaded once per climb; an interrupted training resumes from its last checkpoint.
 """
@@ -140,6 +140,7 @@ class Finetune(Rung):
     cheap_to_prepare = False
 
     def prepare(self, ctx: RungContext) -> Prepared:
+        from rungwise.train.plan import TrainingBudgetExceeded
         from rungwise.train.trainer import finetune, plan_training
 
         task = ctx.task
@@ -153,6 +154,11 @@ class Finetune(Rung):
                              usd_per_hour=task.economics.self_host_usd_per_hour)
         if not plan.finished:
             ctx.say(plan.summary())
+        try:
+            plan.check_budget()
+        except TrainingBudgetExceeded as exc:
+            # The rest of the ladder and its verdict still stand; the skip says how to fit.
+            raise RungSkipped(f"{exc.message}; to fit: {exc.hint}") from None
         res = finetune(task, ctx.train, work_dir, system_prompt=system, progress=True, plan=plan, spec=spec)
         art = FinetuneArtifact(
             prompt=PromptTemplate(system).to_dict(), out_dir=res.out_dir, method=res.method,
