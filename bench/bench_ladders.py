@@ -1,8 +1,9 @@
-"""The four real-data ladders: every rung that applies, climbed with the embedded model on real data.
+"""The real-data ladders: every rung that applies, climbed with the embedded model on real data.
 
 Each task lives in ``benchmarks/<name>/task.yaml`` and reads ``../shared/datasets`` (never copied
 into the repository): banking77 (77 intents), snips (slot extraction to strict JSON), squad
-(questions answered from SQuAD's paragraphs as the knowledge source), gsm8k (numeric answers).
+(questions answered from SQuAD's paragraphs as the knowledge source), gsm8k (numeric answers),
+snips-intents (the same SNIPS files as a 7-label task: the classical baseline and constrained labels).
 For each, this climbs every rung of its ``rungs.order`` with ``rungwise.climb`` (``all_rungs``),
 then writes its table into BENCHMARKS.md (section ``ladder-<name>``): score with its 95% CI,
 format-valid rate, tokens per call, examples/s, cost per 1,000 calls, the failures by kind
@@ -14,7 +15,7 @@ only what is missing is generated; a run whose config changed only in rung setti
 stored predictions of every rung whose prompts, model and generation settings are unchanged
 (``climb(..., reuse=RUN)``).
 
-    python bench/bench_ladders.py                       # all four (hours on 2 shared CPU cores)
+    python bench/bench_ladders.py                       # all of them (hours on 2 shared CPU cores)
     python bench/bench_ladders.py squad gsm8k           # some of them
     python bench/bench_ladders.py --skip-finetune       # every rung but those that train weights
 """
@@ -38,12 +39,13 @@ from rungwise.evaluate.stats import paired_test  # noqa: E402
 from rungwise.store import Store  # noqa: E402
 from rungwise.types import RungResult  # noqa: E402
 
-LADDERS = ("banking77", "snips", "squad", "gsm8k")
+LADDERS = ("banking77", "snips", "squad", "gsm8k", "snips-intents")
 TITLES = {
     "banking77": "BANKING77, 77 intents",
     "snips": "SNIPS, slot extraction to strict JSON",
     "squad": "SQuAD v1.1 dev, questions answered from its paragraphs",
     "gsm8k": "GSM8K, numeric answers",
+    "snips-intents": "SNIPS, seven intents (the classical baseline and constrained labels on a second label task)",
 }
 _BUDGET = re.compile(r"Time budget[^:]*:\s*(\d+) minutes")
 
@@ -211,7 +213,7 @@ def render(name: str, task: Task, result: ClimbResult, wall_s: float, left_out: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("names", nargs="*", help=f"ladders to climb: {', '.join(LADDERS)} (default: all four)")
+    ap.add_argument("names", nargs="*", help=f"ladders to climb: {', '.join(LADDERS)} (default: all)")
     ap.add_argument("--skip-finetune", action="store_true", help="leave out the rungs that train weights")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on a shared machine a second thread mostly waits; see the inference section)")

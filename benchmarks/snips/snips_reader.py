@@ -65,3 +65,9 @@ def read(manifest: Path) -> Iterator[dict]:
         (intent, utterances), = _read_json(path).items()
         for i, u in enumerate(utterances):
             yield {**utterance(intent, u["data"]), "source": f"{path.name}#{i + 1}"}
+
+
+def read_intents(manifest: Path) -> Iterator[dict]:
+    """The same utterances with the intent alone as the answer (``benchmarks/snips-intents``)."""
+    for row in read(manifest):
+        yield {**row, "output": json.loads(row["output"])["intent"]}
