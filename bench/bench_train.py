@@ -211,8 +211,9 @@ def run_trl(args: argparse.Namespace, out: Path) -> dict:
 
 
 def matmul_peak(dtype_name: str) -> dict:
-    """This CPU's best matmul rate (FLOP/s) with the current thread count, over a few shapes:
-    the model's own ([tokens x 576] @ [576 x 1536]) and large squares."""
+    """This CPU's best matmul rate (FLOP per CPU-second: the runs' MFU divides by their CPU time too, so
+    other jobs holding the core lower neither) with the current thread count, over a few shapes: the
+    model's own ([tokens x 576] @ [576 x 1536]) and large squares."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -220,11 +221,11 @@ def matmul_peak(dtype_name: str) -> dict:
     for m, k, n in ((2048, 576, 1536), (2048, 1536, 576), (2048, 2048, 2048), (4096, 4096, 4096)):
         a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
         a @ b  # warm-up
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 1.0:
+        reps, t0 = 0, time.process_time()
+        while time.process_time() - t0 < 1.0:
             a @ b
             reps += 1
-        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t0))
+        best = max(best, 2 * m * k * n * reps / (time.process_time() - t0))
     return {"flops": best, "dtype": dtype_name, "threads": torch.get_num_threads()}
 
 
@@ -320,6 +321,7 @@ def main() -> None:
     # one run, in a child process
     ap.add_argument("--child", choices=["rungwise", "trl", "peak"])
     ap.add_argument("--shape", choices=sorted(SHAPES))
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], help="the peak child's matmul dtype")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--n", type=int)
     ap.add_argument("--n-eval", type=int)
@@ -328,7 +330,7 @@ def main() -> None:
 
     if args.child:
         if args.child == "peak":
-            print(json.dumps(matmul_peak(args.shape)))
+            print(json.dumps(matmul_peak(args.dtype)))
             return
         fn = run_rungwise if args.child == "rungwise" else run_trl
         print(json.dumps(fn(args, args.out)))
@@ -342,7 +344,7 @@ def main() -> None:
     if args.write_only:
         d = json.loads(saved.read_text())
         write_section("train", _section(argparse.Namespace(**d["args"]), d["results"], d["peak"], d["trl"], d["t_start"],
-                                        d["load_start"], d["load_end"], d["minutes"]))
+                                        d["load_start"], d["load_end"], d["minutes"], d.get("note", "")))
         return
     t_start, load_start = time.time(), _load_avg()
     results: dict[str, dict] = {}
@@ -375,14 +377,16 @@ def main() -> None:
                           "cpu_ratios": cpu_ratios, "cpu_ratio": statistics.median(cpu_ratios),
                           "flops_per_token": model_flops_per_example_token(shape, s["n"], s["n_eval"])}
         print(json.dumps(results[shape], indent=1), flush=True)
+    # Saved before the peak is measured, so that a failure there keeps the training runs.
+    keep = {k: v for k, v in vars(args).items() if k in ("batch_size", "lr", "repeats", "threads")}
+    saved.write_text(json.dumps({"args": keep, "results": results}, indent=1))
     dtype = next(iter(results.values()))["summary"]["rungwise"]["dtype"]
     peak_env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    p = subprocess.run([sys.executable, __file__, "--child", "peak", "--shape", dtype], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, __file__, "--child", "peak", "--dtype", dtype], capture_output=True, text=True,
                        env=peak_env, check=True)
     peak = json.loads(p.stdout.strip().splitlines()[-1])
     print("matmul peak", peak, flush=True)
     minutes = (time.time() - t_start) / 60
-    keep = {k: v for k, v in vars(args).items() if k in ("batch_size", "lr", "repeats", "threads")}
     saved.write_text(json.dumps({"args": keep, "results": results, "peak": peak, "trl": trl.__version__, "t_start": t_start,
                                  "load_start": load_start, "load_end": _load_avg(), "minutes": minutes}, indent=1))
     if args.no_write:
@@ -391,14 +395,17 @@ def main() -> None:
 
 
 def _section(args: argparse.Namespace, results: dict, peak: dict, trl_version: str, t_start: float, load_start: str,
-             load_end: str, minutes: float) -> str:
+             load_end: str, minutes: float, extra_note: str = "") -> str:
     rows = []
     notes = []
     for shape, r in results.items():
         s, g, t = SHAPES[shape], r["summary"]["rungwise"], r["summary"]["trl"]
         # MFU on CPU time: the work one core did while it ran this trainer (wall time on a shared machine
-        # also counts the time other jobs held the core).
-        mfu = {k: r["summary"][k]["tokens_per_cpu_s"] * r["flops_per_token"] / peak["flops"] for k in ("rungwise", "trl")}
+        # also counts the time other jobs held the core), over the tokens each trainer computed (rungwise
+        # computes a shared prompt prefix once per batch: counting every example token would pass 100%).
+        computed = {"rungwise": g["computed_tokens"] / g["tokens"], "trl": 1.0}
+        mfu = {k: r["summary"][k]["tokens_per_cpu_s"] * computed[k] * r["flops_per_token"] / peak["flops"]
+               for k in ("rungwise", "trl")}
         goal = GOALS[shape]
         for kind, name in (("rungwise", "rungwise"), ("trl", "TRL SFTTrainer")):
             x = r["summary"][kind]
@@ -419,12 +426,16 @@ def _section(args: argparse.Namespace, results: dict, peak: dict, trl_version: s
             f"before starting (took {g['seconds']:.0f} s). Held-out loss on {s['n_eval']} unseen examples: rungwise "
             f"{g['heldout']:.3f}, TRL {t['heldout']:.3f}. Model FLOPs per example token: {r['flops_per_token'] / 1e9:.2f} GFLOP."
         )
+    dtype = results[next(iter(results))]["summary"]["rungwise"]["dtype"]
+    base = "the frozen base stays in bf16" if dtype == "bfloat16" else (
+        f"the compute is {dtype} (this CPU has no native bf16, so both trainers run {dtype})")
+    note = f"\n\n{extra_note}" if extra_note else ""
     return f"""## train: LoRA training throughput, rungwise vs TRL SFTTrainer
 
 Measured {_dt.date.fromtimestamp(t_start).isoformat()} on {machine()}; 2 cores shared with other jobs (load average
 {load_start} at the start, {load_end} at the end; whole run {minutes:.0f} min). No GPU. Both: embedded SmolLM2-135M-Instruct, LoRA r={LORA['r']}
 alpha={LORA['alpha']} dropout={LORA['dropout']} on all linear layers, chat template, loss on the answer only, batch
-{args.batch_size}, lr {args.lr:g} linear with 10% warmup, {results[next(iter(results))]['summary']['rungwise']['dtype']} compute,
+{args.batch_size}, lr {args.lr:g} linear with 10% warmup, {dtype} compute,
 TRL {trl_version} with its defaults otherwise (gradient checkpointing off, as in rungwise). {args.repeats} alternating runs
 per trainer and shape, {args.threads} torch thread(s), each in a fresh process; median shown. `python bench/bench_train.py`
 
@@ -437,13 +448,14 @@ per trainer and shape, {args.threads} torch thread(s), each in a fresh process; 
 Tokens are every token of every example trained on (the same count for both trainers). Each run uses one torch thread
 (with OMP_WAIT_POLICY=PASSIVE), so its CPU time is the time one core computed for it: tokens per CPU-second is what an
 idle core would give, while wall-time tokens/s also counts the time other jobs held the core (the ratios are per
-alternating pair; the load changed during the run, which moves the wall-time pairs). MFU = model FLOPs of those examples per CPU-second (frozen-base forward
+alternating pair; the load changed during the run, which moves the wall-time pairs). MFU = model FLOPs of the tokens each
+trainer computed (rungwise: the computed count above; TRL: every token) per CPU-second (frozen-base forward
 and input gradients, adapters with weight gradients, causal attention over each example's own tokens, the output head
 at the answer tokens) over the {peak['dtype']} matmul peak of this CPU measured in the same run with {peak['threads']}
-thread(s): {peak['flops'] / 1e9:.0f} GFLOP/s. Where rungwise's time goes: the shared system prompt is computed once per
+thread(s), per CPU-second: {peak['flops'] / 1e9:.0f} GFLOP/s. Where rungwise's time goes: the shared system prompt is computed once per
 batch (the "shared prefix" layout: one row, each example attending to the prefix and to itself; the same loss and
 gradients, a test checks both), the output head (49,152 x 576) runs only at answer positions, batches are length-grouped,
-the frozen base stays in bf16.
+{base}.{note}
 """
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -50,6 +51,13 @@ SNIPS = SHARED / "datasets" / "snips_nlu_benchmark"
 SNIPS_INTENTS = ["AddToPlaylist", "BookRestaurant", "GetWeather", "PlayMusic", "RateBook", "SearchCreativeWork",
                  "SearchScreeningEvent"]
 SHAPES = ("minimal", "full")
+TASK_NOTES = {
+    "sample": "the sample task (212 examples, 25% test, its own settings: 3 epochs, batch 8, lr 4e-4)",
+    "banking77": "BANKING77 (`benchmarks/banking77/task.yaml`, a {args.banking77_train}-example stratified subset of the "
+    "train split, 3 epochs, lr 4e-4, max_length 1024; the fixed 200 test examples)",
+    "snips": "SNIPS intents (a {args.snips_train}-example stratified sample of the train files, 3 epochs, lr 4e-4; 30 "
+    "validate examples per intent)",
+}
 
 
 def _with_finetune(task, overrides: dict):  # noqa: ANN001, ANN202
@@ -160,22 +168,34 @@ def main() -> None:
     ap.add_argument("--banking77-train", type=int, default=385, help="stratified train subset (5 per label)")
     ap.add_argument("--snips-train", type=int, default=350, help="stratified train subset (50 per intent)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/rungwise-ft-prompt"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared machine a second thread mostly waits for a busy core)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     cache_file = args.work / "results.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    cache.setdefault("_meta", {"date": today(), "machine": machine(), "started": time.time()})
+    cache.setdefault("_meta", {"date": today(), "machine": machine(), "started": time.time(),
+                               "load_start": f"{os.getloadavg()[0]:.1f}"})
     for name in args.tasks:
         for shape in SHAPES:
             run_one(name, shape, args, cache)
             cache_file.write_text(json.dumps(cache, indent=1))
+    cache["_meta"]["load_end"] = f"{os.getloadavg()[0]:.1f}"
+    cache_file.write_text(json.dumps(cache, indent=1))
     if not args.no_write:
         write_section("finetune-prompt", _section(cache, args))
 
 
 def _section(cache: dict, args: argparse.Namespace) -> str:
     meta = cache["_meta"]
+    tasks = [n for n in ("sample", "banking77", "snips") if any(f"{n}/{s}" in cache for s in SHAPES)]
+    command = "python bench/finetune_prompt.py --tasks " + " ".join(tasks) + (
+        f" --banking77-train {args.banking77_train}" if "banking77" in tasks else "") + (
+        f" --snips-train {args.snips_train}" if "snips" in tasks else "") + f" --threads {args.threads}"
     rows = []
     for name in ("sample", "banking77", "snips"):
         for shape in SHAPES:
@@ -197,7 +217,7 @@ def _section(cache: dict, args: argparse.Namespace) -> str:
     return f"""## finetune-prompt: what the finetune rung trains on (minimal vs full prompt)
 
 Measured {meta['date']} on {meta['machine']} (no GPU; 2 cores shared with other jobs, so times are this machine's
-under load). `python bench/finetune_prompt.py --banking77-train {args.banking77_train} --snips-train {args.snips_train}`
+under load: load average {meta.get('load_start', '?')} at the start, {meta.get('load_end', '?')} at the end). `{command}`
 
 LoRA (r=16, all linear layers) on the embedded SmolLM2-135M-Instruct, trained with `rungs.finetune.prompt` = minimal
 (the input alone: the chat template's default system turn, no instructions, no label list) or full (the task's
@@ -211,10 +231,7 @@ the measured wall time of the training, in minutes.
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Tasks: the sample task (212 examples, 25% test, its own settings: 3 epochs, batch 8, lr 4e-4); BANKING77
-(`benchmarks/banking77/task.yaml`, a {args.banking77_train}-example stratified subset of the train split, 3 epochs, lr
-4e-4, max_length 1024; the fixed 200 test examples); SNIPS intents (a {args.snips_train}-example stratified sample of
-the train files, 3 epochs, lr 4e-4; 30 validate examples per intent).
+Tasks: {"; ".join(TASK_NOTES[n].format(args=args) for n in tasks)}.
 """
 
 
