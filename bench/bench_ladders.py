@@ -155,7 +155,8 @@ def retrieval_against_prompting(result: ClimbResult, seed: int) -> list[str]:
             "| comparison | difference [95% CI] | p | significant |", "|---|---|---|---|", *lines, ""]
 
 
-def render(name: str, task: Task, result: ClimbResult, wall_s: float, left_out: list[str], load: str) -> str:
+def render(name: str, task: Task, result: ClimbResult, wall_s: float, left_out: list[str], load: str,
+           flags: str = "") -> str:
     """The BENCHMARKS.md section of one ladder."""
     store = Store()
     gen_min = sum(float(store.rung(r.id)["gen_seconds"] or 0) for r in result.rungs if r.id) / 60
@@ -166,7 +167,7 @@ def render(name: str, task: Task, result: ClimbResult, wall_s: float, left_out: 
         "",
         f"Measured {today()} on {machine()}; torch threads 1; the machine's 2 cores were shared with other jobs "
         f"(load average {load} when this run started). Embedded model `{task.model.describe()}`; run "
-        f"{result.run_id} in the run store. `python bench/bench_ladders.py {name}` (`make bench`).",
+        f"{result.run_id} in the run store. `python bench/bench_ladders.py {name}{flags}` (`make bench`).",
         "",
         f"Task `benchmarks/{name}/task.yaml`: {task.description} {result.n_test} test examples"
         + (f" ({result.leakage_dropped} that duplicated train inputs dropped)" if result.leakage_dropped else "")
@@ -228,7 +229,7 @@ def main() -> None:
     for name in args.names or LADDERS:
         load = _load()
         task, result, wall, left_out = climb_ladder(name, args.skip_finetune)
-        md = render(name, task, result, wall, left_out, load)
+        md = render(name, task, result, wall, left_out, load, " --skip-finetune" if args.skip_finetune else "")
         if args.no_write:
             print(md)
         else:
