@@ -3,7 +3,7 @@
 Every prompt and completion is written to the run store as it is produced, in chunks, so an
 interrupted climb resumes (``resume=True``) without re-generating anything already stored. The
 rungs are prepared in one :class:`~rungwise.rungs.Workspace`, so a rung that builds on another
-(``finetune_min`` on ``finetune``) reuses its prepared model, and every backend opened during
+(``hybrid`` on ``finetune``) reuses its prepared model, and every backend opened during
 the climb is closed at its end.
 
 Example:

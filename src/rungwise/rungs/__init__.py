@@ -1,7 +1,8 @@
 """Rungs of the ladder: one file per rung, found through the rung registry.
 
 :mod:`rungwise.rungs.base` is the contract every rung implements; built-in rungs live in this
-package (``zero_shot``, ``few_shot``, ``finetune``, ``finetune_min``) and plugins add theirs
+package (``classic``, ``zero_shot``, ``constrained``, ``few_shot``, ``rag``, ``finetune``, ``hybrid``,
+``adapter``, ...; ``rungwise rungs`` lists them) and plugins add theirs
 through the ``rungwise.rungs`` entry-point group (see :mod:`rungwise.registry`).
 
 Example:
