@@ -257,3 +257,15 @@ def test_a_variant_climbs_the_same_rung_under_its_own_name_and_settings(tmp_path
         load_task(write_task(tmp_path, rungs={"order": ["zero_shot"], "zero_shot": {"use": "few_shot"}}))
     with pytest.raises(ConfigError, match=r"rungs.v.kk"):
         load_task(write_task(tmp_path, rungs={"order": ["v"], "v": {"use": "few_shot", "kk": 2}}))
+
+
+def test_a_rung_work_dir_follows_only_what_its_artifact_depends_on(tmp_path: Path) -> None:
+    def work_dir(finetune: dict[str, Any]) -> Path:
+        task = load_task(write_task(tmp_path, rungs={"order": ["finetune"], "finetune": finetune}))
+        return Workspace(task, [], BackendPool(lambda: ScriptedBackend())).work_dir("finetune")
+
+    base = work_dir({"epochs": 3})
+    # the forgetting probe and the time budget check around the adapter: the same trained work
+    assert work_dir({"epochs": 3, "budget_minutes": 5, "forgetting": {"n": 50}}) == base
+    # a training setting makes other weights: other work
+    assert work_dir({"epochs": 2}) != base

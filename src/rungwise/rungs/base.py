@@ -266,6 +266,12 @@ class Rung(ABC):
         """
         return self.prepare(ctx)
 
+    def work_key(self, config: Any) -> Any:
+        """The part of this rung's settings its stored work depends on: its ``work_dir`` is keyed
+        by it, so changing any other setting finds the same work. The default is every setting; a
+        rung whose settings include checks or limits around the artifact leaves those out."""
+        return config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+
     def estimate(self, ctx: RungContext, sample: Sequence[Example]) -> TokenEstimate | None:
         """Tokens per call before any climb; None when only a climb can tell.
 

@@ -173,6 +173,12 @@ class Finetune(Rung):
         self._forgetting(ctx, spec, prepared)
         return prepared
 
+    def work_key(self, config: Any) -> Any:
+        # The weights depend on the training settings only: a new forgetting probe or time budget
+        # must find the adapter already trained, not train another.
+        assert isinstance(config, FinetuneSpec)
+        return config.hyperparameters()
+
     def load(self, ctx: RungContext, artifact: RungArtifact) -> Prepared:
         from rungwise.train.trainer import load_tuned_backend
 

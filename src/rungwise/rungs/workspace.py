@@ -103,7 +103,7 @@ class Workspace:
         rung finds its previous work (a trained adapter, an index) and a change starts afresh."""
         key_src = json.dumps(
             [self.task.model.model_dump(mode="json", exclude={"params"}), self.task.instructions, self.task.labels,
-             self.task.rungs.section(name).model_dump(mode="json"), self._train_hash],
+             get_rung(name, self.task).work_key(self.task.rungs.section(name)), self._train_hash],
             sort_keys=True,
         )
         key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
