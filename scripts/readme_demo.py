@@ -19,10 +19,8 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _md import machine, today, write_section  # noqa: E402  (the benchmarks' machine line and section writer)
+
 README = ROOT / "README.md"
 START, END = "<!-- demo:start -->", "<!-- demo:end -->"
 WIDTH = 120  # the console width the output is rendered at (the README's code block)
@@ -38,15 +39,6 @@ WIDTH = 120  # the console width the output is rendered at (the README's code bl
 def _cli() -> list[str]:
     exe = Path(sys.executable).with_name("rungwise")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "rungwise"]
-
-
-def _machine() -> str:
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} cores, no GPU" if not shutil.which("nvidia-smi") else f"{cpu}, {os.cpu_count()} cores"
 
 
 def _seconds(a: str | None, b: str | None) -> float:
@@ -114,7 +106,7 @@ def main() -> int:
     timing = _where_the_time_goes(int(m.group(1)), total)
     section = "\n".join([
         START,
-        f"`make demo` with a warm install on {dt.date.today().isoformat()} ({_machine()}; "
+        f"`make demo` with a warm install on {today()} ({machine()}; "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average "
         f"{load0:.1f} at the start and {load1:.1f} at the end, on a machine shared with other jobs): "
         f"**{total / 60:.1f} minutes** from `rungwise init` to the verdict, {cpu / 60:.1f} CPU-minutes (user + system, "
@@ -140,9 +132,6 @@ def main() -> int:
         return 1
     README.write_text(pat.sub(lambda _m: section, text))
     # The same run's timing in BENCHMARKS.md, where the other speed figures live.
-    sys.path.insert(0, str(ROOT / "bench"))
-    from _md import write_section
-
     header = section.split("\n")[1].split(" Where the time went")[0]
     write_section("demo", "\n".join(["## demo: `make demo`, the main job (scripts/readme_demo.py)", "", header, "", *timing]))
     print(section)
