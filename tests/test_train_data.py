@@ -61,8 +61,10 @@ def test_training_prompt_is_what_the_local_backend_sends(tok) -> None:
     """The model is trained on exactly the token ids the backend feeds it at inference."""
     from rungwise.backends.local import LocalBackend
 
-    class _NoModel:  # LocalBackend only reads generation_config in its constructor
+    class _NoModel:  # LocalBackend's constructor reads generation_config and forward's signature only
         generation_config = None
+
+        def forward(self, input_ids: object = None, cache: object = None) -> None: ...
 
     b = LocalBackend(_NoModel(), tok)
     chat = example_chat(Example(input="where is my card?", output="card_arrival"), "Classify the intent.")

@@ -74,8 +74,7 @@ def cache_keyword(model: Any) -> str:
     wrapper forwards ``**kwargs``, so the model it wraps is asked.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    forward = getattr(base, "forward", None)  # absent on stand-ins that only build prompts
-    return "cache" if forward is not None and "cache" in inspect.signature(forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 class LocalSpec(ModelSpec):
