@@ -35,12 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _md import ROOT, SHARED, machine, today, write_section  # noqa: E402
+from banking77_ladder import evaluate  # noqa: E402  (accuracy with CI, valid rate, prompt tokens)
 
 from rungwise.config.task import load_task, task_from_dict  # noqa: E402
 from rungwise.data.dataset import load_split  # noqa: E402
 from rungwise.data.split import stratified_sample  # noqa: E402
-from rungwise.evaluate.registry import get_metric  # noqa: E402
-from rungwise.evaluate.stats import bootstrap_ci  # noqa: E402
 from rungwise.prompting import PromptTemplate  # noqa: E402
 from rungwise.train.data import system_prompt_for  # noqa: E402
 from rungwise.train.trainer import finetune, load_tuned_backend, plan_training  # noqa: E402
@@ -118,22 +117,6 @@ def task_for(name: str, work: Path, args: argparse.Namespace):  # noqa: ANN201
     )
     split = load_split(task)
     return task, stratified_sample(split.train, args.snips_train, 0, True), split.test
-
-
-def evaluate(backend, task, test, template: PromptTemplate) -> dict:  # noqa: ANN001
-    """Accuracy (bootstrap 95% CI), valid-label rate and prompt tokens of ``backend`` on ``test``."""
-    metric = get_metric(task.metric, task.labels, task.base_dir)
-    t0 = time.perf_counter()
-    comps = backend.generate([template.for_example(ex) for ex in test], task.model.params.to_params())
-    secs = time.perf_counter() - t0
-    scores = metric.score([c.text for c in comps], test)
-    ci = bootstrap_ci(scores, seed=0)
-    return {
-        "accuracy": ci.value, "ci_low": ci.ci_low, "ci_high": ci.ci_high, "n": ci.n,
-        "format_valid": scores.valid_rate,
-        "mean_prompt_tokens": sum(c.prompt_tokens for c in comps) / len(comps),
-        "eval_seconds": secs,
-    }
 
 
 def run_one(name: str, shape: str, args: argparse.Namespace, cache: dict) -> dict:
