@@ -126,6 +126,15 @@ def _inner(optimizer: Any) -> Any:
     return getattr(optimizer, "optimizer", optimizer)
 
 
+def _trainable_state(model: Any, optimizer: Any) -> dict[str, Any]:
+    """This process's slices of the trainable weights (and the optimizer state), by parameter name."""
+    sd = require("torch.distributed.checkpoint.state_dict")
+    state: dict[str, Any] = {"model": sd.get_model_state_dict(model, options=_options(ignore_frozen_params=True))}
+    if optimizer is not None:
+        state["optimizer"] = sd.get_optimizer_state_dict(model, _inner(optimizer))
+    return state
+
+
 def save_sharded(directory: Path, model: Any, optimizer: Any = None) -> None:
     """Write the trainable weights (and the optimizer state) of the sharded ``model``: every
     process writes its own slices into ``directory`` (DCP's format). Call it on every process.
@@ -134,11 +143,7 @@ def save_sharded(directory: Path, model: Any, optimizer: Any = None) -> None:
         >>> save_sharded(out / "checkpoint.tmp" / "sharded", run.ddp_mod, run.optimizer)  # doctest: +SKIP
     """
     dcp = require("torch.distributed.checkpoint")
-    sd = require("torch.distributed.checkpoint.state_dict")
-    state: dict[str, Any] = {"model": sd.get_model_state_dict(model, options=_options(ignore_frozen_params=True))}
-    if optimizer is not None:
-        state["optimizer"] = sd.get_optimizer_state_dict(model, _inner(optimizer))
-    dcp.save(state, checkpoint_id=str(directory))
+    dcp.save(_trainable_state(model, optimizer), checkpoint_id=str(directory))
 
 
 def load_sharded(directory: Path, model: Any, optimizer: Any = None) -> None:
@@ -152,9 +157,7 @@ def load_sharded(directory: Path, model: Any, optimizer: Any = None) -> None:
     dcp = require("torch.distributed.checkpoint")
     sd = require("torch.distributed.checkpoint.state_dict")
     # The current state gives the layout (names, shapes, shards) that DCP fills in place.
-    state: dict[str, Any] = {"model": sd.get_model_state_dict(model, options=_options(ignore_frozen_params=True))}
-    if optimizer is not None:
-        state["optimizer"] = sd.get_optimizer_state_dict(model, _inner(optimizer))
+    state = _trainable_state(model, optimizer)
     dcp.load(state, checkpoint_id=str(directory))
     # strict=False: the frozen base is not in the checkpoint (it is the base model's own weights).
     sd.set_model_state_dict(model, state["model"], options=_options(strict=False))
