@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import shutil
@@ -125,8 +126,6 @@ def openai_epochs(n_examples: int) -> int:
 def _price(model: str) -> tuple[float | None, str | None]:
     """The catalog's training price per 1M tokens of ``model``, and a warning when new customers
     cannot buy that fine-tuning today (the export is still valid; the offer is not)."""
-    import datetime as dt
-
     try:
         from rungwise.prices.catalog import load_catalog
 
