@@ -87,6 +87,28 @@ def test_rag_answers_facts_only_in_documents_and_reports_retrieval(tmp_path: Pat
     assert prompt[-1]["content"].startswith("Passages:\n[p1]") and prompt[-1]["content"].endswith(rows[0]["input"])
 
 
+def test_rag_demos_are_shown_with_their_passages_and_a_citation(tmp_path: Path) -> None:
+    # A demo in another shape than the question (no passages, no citation) teaches the wrong task.
+    path = _task(tmp_path, ["rag"])
+    raw = yaml.safe_load(path.read_text())
+    raw["rungs"]["rag"]["demos"] = 2
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    task = load_task(path)
+    res = climb(task, all_rungs=True, backend=ScriptedBackend(_reader))
+    (rag,) = res.rungs
+    assert rag.metric.value == 1.0
+    import json
+
+    prompt = json.loads(next(iter(Store().predictions(rag.id).values()))["prompt_json"])
+    demos = [m["content"] for m in prompt[1:-1]]
+    assert len(demos) == 4  # two (user, assistant) pairs
+    for question, answer in zip(demos[::2], demos[1::2], strict=True):
+        assert question.startswith("Passages:\n[p1]") and "What is the secret code of" in question
+        code, ref = answer.split()
+        assert ref in ("[p1]", "[p2]") and f"{ref} " in question
+        assert re.search(re.escape(ref) + r" [^\n]* is " + code + r"\.", question)  # the cited passage holds it
+
+
 def test_rag_is_served_with_its_index(tmp_path: Path) -> None:
     from rungwise.backends.openai_compat import OpenAIBackend
     from rungwise.serve import app_for_task, background

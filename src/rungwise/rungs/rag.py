@@ -58,7 +58,12 @@ _CITATION = re.compile(r"\s*\[(p\d+(?:\s*,\s*p\d+)*)\]")
 class RagConfig(RetrieverSpec):
     """The ``rungs.rag`` section: the retriever's settings, plus demos and an optional judge."""
 
-    demos: int = Field(0, ge=0, description="Fixed few-shot demos from the train split before the input (0: none).")
+    demos: int = Field(
+        0,
+        ge=0,
+        description="Fixed few-shot demos from the train split before the input (0: none), each shown as the inputs "
+        "are: with the passages retrieved for it, its answer citing the passage that holds it.",
+    )
     judge: SerializeAsAny[ModelSpec] | None = Field(
         None,
         description="A model config (like `model:`, usually backend: openai) that judges each answer's faithfulness "
@@ -148,6 +153,30 @@ def split_citations(text: str) -> tuple[str, list[str]]:
     return _CITATION.sub("", text).strip(), cited
 
 
+def passage_demos(kb: KnowledgeBase, retriever: RetrieverSpec, train: Sequence[Example], n: int, seed: int, *,
+                  by_label: bool) -> tuple[tuple[str, str], ...]:
+    """``n`` demos in the shape the inputs will have: each train input under its own retrieved
+    passages, its answer followed by the citation of the passage that holds it.
+
+    A demo whose passages lack its answer would show the model answering from elsewhere, so for
+    free-text answers the seeded candidates whose answer is found in their passages come first
+    (at most ``20 * n`` candidates are searched). Label answers are not in the passages; they are
+    spread over the labels as few-shot demos are, without a citation.
+    """
+    pool = stratified_demos(train, n if by_label else min(len(train), 20 * n), seed, by_label=by_label)
+    found: list[tuple[str, str]] = []
+    rest: list[tuple[str, str]] = []
+    for ex in pool:
+        hits = kb.search(ex.input, k=retriever.k, mode=retriever.mode)
+        shown = PromptTemplate("").render([{"role": "user", "content": ex.input}], RetrievalPrompt.context(hits))
+        holder = None if by_label else next(
+            (i for i, h in enumerate(hits, 1) if ex.output.strip() and ex.output.strip().lower() in h.text.lower()), None)
+        (found if holder else rest).append((shown[-1]["content"], ex.output + (f" [p{holder}]" if holder else "")))
+        if len(found) == n:
+            break
+    return tuple((found + rest)[:n])
+
+
 @dataclass
 class RetrievalPrepared(Prepared):
     """A prepared rung that retrieves: its :class:`RetrievalPrompt` builds each input's prompt."""
@@ -213,9 +242,10 @@ class Rag(Rung):
     def prepare(self, ctx: RungContext) -> Prepared:
         cfg: RagConfig = ctx.config
         system = base_system(ctx.task) + "\n\n" + ANSWER_FROM_PASSAGES
-        demos = stratified_demos(ctx.train, cfg.demos, ctx.task.data.seed, by_label=bool(ctx.task.labels)) if cfg.demos else []
-        tpl = PromptTemplate(system, tuple((d.input, d.output) for d in demos))
         kb = ctx.knowledge(cfg.retriever())
+        demos = passage_demos(kb, cfg.retriever(), ctx.train, cfg.demos, ctx.task.data.seed,
+                              by_label=bool(ctx.task.labels)) if cfg.demos else ()
+        tpl = PromptTemplate(system, demos)
         art = RagArtifact(prompt=tpl.to_dict(), index=kb.id, retriever=cfg.retriever().model_dump(mode="json"),
                           chunks=len(kb.chunks))
         return self._prepared(ctx, art)
