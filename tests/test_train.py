@@ -286,25 +286,57 @@ def test_a_plan_over_the_budget_stops_before_training(tiny: Path, tmp_path: Path
 
 
 def test_budget_error_lists_the_fixes_that_fit() -> None:
-    from rungwise.train.plan import TrainingBudgetExceeded, TrainingPlan
+    from rungwise.train.plan import BUDGET_MARGIN, TrainingBudgetExceeded, TrainingPlan
 
+    # 9,744 + 256 examples, 3 epochs at 400 tokens/s: 9,750 s of training + 6 validations of 12,800 tokens at 1,200/s
     plan = TrainingPlan(
         prompt="full", n_available=10_000, n_train=9_744, n_val=256, n_skipped=0, epochs=3, steps=3750, start_step=0,
         steps_per_epoch=1250, evaluations=6, example_tokens_per_epoch=6_500_000, computed_tokens_per_epoch=1_300_000,
         computed_tokens=3_900_000, layout="shared_prefix", prefix_tokens=600, device="cpu", world_size=1,
-        train_s_per_token=1 / 400, eval_s_per_token=1 / 1200, warmup_seconds=4.0, estimated_seconds=4 * 3600,
-        budget_minutes=60, usd_per_hour=0.5,
+        train_s_per_token=1 / 400, eval_s_per_token=1 / 1200, warmup_seconds=4.0, estimated_seconds=9_814,
+        budget_minutes=60, usd_per_hour=0.5, validation_tokens=12_800, validation_rule=(0.1, 8, 256),
     )
-    assert plan.estimated_cost_usd == pytest.approx(2.0)
+    assert plan.estimated_cost_usd == pytest.approx(9_814 / 3600 * 0.5)
     with pytest.raises(TrainingBudgetExceeded) as e:
         plan.check_budget()
     msg = str(e.value)
-    assert "~4.0 h" in msg and "budget of 60 min" in msg and "400 tokens/s" in msg
-    # a quarter of the examples or of the epochs fits; the other fixes are named
-    for fix in ("max_train_examples: 2500", "prompt: minimal", "epochs: 0.7", "a GPU", "budget_minutes: 240"):
+    assert "~2.7 h" in msg and "budget of 60 min" in msg and "400 tokens/s" in msg
+    # The suggested cap fits the budget with a margin, by the plan's own speeds: each train example costs
+    # 1,300,000 / 9,744 tokens x 3 epochs / 400 per s, each validation example 6 x 50 tokens / 1,200 per s.
+    n = plan.examples_that_fit(3600 * BUDGET_MARGIN)
+    per_train, per_val = 1_300_000 / 9_744 * 3 / 400, 6 * 12_800 / 256 / 1200
+
+    def seconds(m: int) -> float:
+        return (m - 256) * per_train + 256 * per_val  # m > 2,560: the validation slice stays at its 256 maximum
+
+    assert seconds(n) <= 3600 * BUDGET_MARGIN < seconds(n + 1)
+    # 3 epochs x 3,600 / 9,814 s x the margin, one decimal down; the other fixes are named
+    for fix in (f"max_train_examples: {n}", "prompt: minimal", f"epochs: {int(3 * 3600 / 9814 * BUDGET_MARGIN * 10) / 10:g}", "a GPU", "budget_minutes: 164"):
         assert fix in msg, fix
-    plan.budget_minutes = 300
+    plan.budget_minutes = 170
     plan.check_budget()  # fits now
+
+
+def test_a_capped_run_holds_out_a_smaller_validation_slice_in_the_fit() -> None:
+    from rungwise.train.plan import TrainingPlan
+
+    # Below 2,560 examples the 10% validation slice shrinks with the cap; validation here is cheap per
+    # example, so the fit is computed with the slice the capped run will really have.
+    plan = TrainingPlan(
+        prompt="minimal", n_available=10_003, n_train=9_747, n_val=256, n_skipped=0, epochs=3, steps=3657, start_step=0,
+        steps_per_epoch=1219, evaluations=6, example_tokens_per_epoch=500_378, computed_tokens_per_epoch=295_699,
+        computed_tokens=887_097, layout="shared_prefix", prefix_tokens=24, device="cpu", world_size=1,
+        train_s_per_token=1 / 63, eval_s_per_token=1 / 190, warmup_seconds=4.0, estimated_seconds=14_400,
+        budget_minutes=10, validation_tokens=256 * 30,
+    )
+    n = plan.examples_that_fit(600)
+    from rungwise.train.data import validation_size
+
+    def seconds(m: int) -> float:
+        v = validation_size(m, 0.1, vmin=8, vmax=256)
+        return (m - v) * 295_699 / 9_747 * 3 / 63 + v * 6 * 30 / 190
+
+    assert seconds(n) <= 600 < seconds(n + 1) and validation_size(n, 0.1, vmin=8, vmax=256) < 256
 
 
 def test_tuned_backend_prefers_the_trained_answers(tiny: Path, tmp_path: Path) -> None:

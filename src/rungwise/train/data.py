@@ -152,6 +152,17 @@ def data_hash(examples: Sequence[Example], system_prompt: str) -> str:
     return h.hexdigest()
 
 
+def validation_size(n: int, fraction: float, *, vmin: int, vmax: int) -> int:
+    """How many of ``n`` train examples :func:`split_validation` holds out.
+
+    >>> validation_size(10_003, 0.1, vmin=8, vmax=256), validation_size(417, 0.1, vmin=8, vmax=256)
+    (256, 42)
+    """
+    if fraction <= 0 or n < 2 * vmin:
+        return 0
+    return min(vmax, max(vmin, round(n * fraction)))
+
+
 def split_validation(
     examples: Sequence[Example], fraction: float, *, seed: int, vmin: int, vmax: int
 ) -> tuple[list[Example], list[Example]]:
@@ -159,9 +170,9 @@ def split_validation(
     labels). No slice (and no early stopping) when there are fewer than ``2 * vmin`` examples or
     ``fraction`` is 0."""
     n = len(examples)
-    if fraction <= 0 or n < 2 * vmin:
+    k = validation_size(n, fraction, vmin=vmin, vmax=vmax)
+    if k == 0:
         return list(examples), []
-    k = min(vmax, max(vmin, round(n * fraction)))
     rng = random.Random(seed)
     labelled = all(ex.label is not None or ex.output for ex in examples)
     if not labelled:  # pragma: no cover - every Example has an output

@@ -18,6 +18,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rungwise.errors import ConfigError
+from rungwise.train.data import validation_size
+
+#: The share of the budget a suggested fix aims at: the next plan measures the speed again (one timed
+#: pass, which varied by up to 20% between plans on a shared 2-core machine), and a fix that lands just
+#: over the budget would be refused a second time.
+BUDGET_MARGIN = 0.8
 
 
 class TrainingBudgetExceeded(ConfigError):
@@ -57,6 +63,8 @@ class TrainingPlan:
     budget_minutes: float | None
     usd_per_hour: float | None = None
     max_train_examples: int | None = None
+    validation_tokens: int = 0  # computed tokens of one validation pass
+    validation_rule: tuple[float, int, int] = (0.1, 8, 256)  # val_fraction, val_min, val_max of the spec
     finished: bool = False  # a finished run with the same data and settings is already there
     _run: Any = field(default=None, repr=False, compare=False)  # the loaded model etc., reused by finetune()
 
@@ -117,12 +125,12 @@ class TrainingPlan:
             return
         ratio = self.estimated_seconds / (self.budget_minutes * 60)
         fixes = []
-        n_fit = int((self.n_train + self.n_val) / ratio)
+        n_fit = self.examples_that_fit(self.budget_minutes * 60 * BUDGET_MARGIN)
         if n_fit >= 1:
             fixes.append(f"train on fewer examples (rungs.finetune.max_train_examples: {n_fit})")
         if self.prompt == "full":
             fixes.append("train on the minimal prompt (rungs.finetune.prompt: minimal): no instructions or label list per example")
-        e_fit = math.floor(self.epochs / ratio * 10) / 10
+        e_fit = math.floor(self.epochs / ratio * BUDGET_MARGIN * 10) / 10
         if e_fit >= 0.1:
             fixes.append(f"fewer epochs (rungs.finetune.epochs: {e_fit:g})")
         if not self.device.startswith("cuda"):
@@ -135,6 +143,23 @@ class TrainingPlan:
             f"{self.budget_minutes:g} min",
             hint="; or ".join(fixes),
         )
+
+    def examples_that_fit(self, seconds: float) -> int:
+        """The most examples (train + validation, before the split) whose training fits ``seconds``
+        at the measured speed: fewer examples also shrink the validation slice, by its own rule."""
+        fraction, vmin, vmax = self.validation_rule
+        train_s = self.computed_tokens_per_epoch / max(self.n_train, 1) * self.epochs * self.train_s_per_token
+        val_s = self.evaluations * self.validation_tokens / max(self.n_val, 1) * self.eval_s_per_token
+
+        def seconds_for(n: int) -> float:
+            n_val = validation_size(n, fraction, vmin=vmin, vmax=vmax)
+            return (n - n_val) * train_s + n_val * val_s
+
+        lo, hi = 0, self.n_train + self.n_val  # the largest n that fits (seconds_for grows with n)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if seconds_for(mid) <= seconds else (lo, mid - 1)
+        return lo
 
 
 def _duration(seconds: float) -> str:

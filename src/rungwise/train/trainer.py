@@ -867,7 +867,7 @@ def plan_training(
         train_s_per_token=train_s, eval_s_per_token=eval_s, warmup_seconds=time.perf_counter() - t0,
         estimated_seconds=estimate,
         budget_minutes=spec.budget_minutes, usd_per_hour=usd_per_hour, max_train_examples=spec.max_train_examples,
-        _run=run,
+        validation_tokens=t["validation"], validation_rule=(spec.val_fraction, spec.val_min, spec.val_max), _run=run,
     )
 
 
