@@ -102,12 +102,12 @@ def _ladder(target: str | None = "accuracy >= 0.85", ft_value: float = 0.93) -> 
 ENDPOINT = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": "gpt-4o-mini"}
 
 
-def _judge(rungs: list[RungResult], target: str | None = "accuracy >= 0.85", **task: Any) -> Any:
+def _judge(results: list[RungResult], target: str | None = "accuracy >= 0.85", **task: Any) -> Any:
     econ = {"as_of": "2026-01-01", **task.pop("economics", {})}
     t = task_from_dict({"name": "t", "data": {"path": "x.jsonl"}, "target": target, "model": task.pop("model", ENDPOINT),
                         "economics": econ, **task})
-    climb = Ladder("t", 1, rungs, target, None, rungs[0].metric.n if rungs else 0)
-    return verdict(climb, t, price_rungs(rungs, t))
+    climb = Ladder("t", 1, results, target, None, results[0].metric.n if results else 0)
+    return verdict(climb, t, price_rungs(results, t))
 
 
 def test_picks_the_cheapest_rung_meeting_the_target_at_each_volume() -> None:
@@ -218,6 +218,11 @@ def test_nothing_meets_the_target_says_what_to_try() -> None:
     v3 = _judge([*rungs, ft])
     steps3 = " | ".join(v3.next_steps)
     assert "more clean training data (trained on 800)" in steps3 and "a larger base model" in steps3
+    # A fine-tune already in rungs.order but not measured (skipped, or left out of this climb) is named,
+    # not asked for again.
+    v4 = _judge(rungs, rungs={"order": ["zero_shot", "few_shot", "finetune"]})
+    steps4 = " | ".join(v4.next_steps)
+    assert "climb finetune (in rungs.order, not measured in this run)" in steps4 and "add the finetune" not in steps4
 
 
 def test_format_failures_are_named() -> None:

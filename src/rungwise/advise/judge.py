@@ -188,7 +188,8 @@ def verdict(
             warnings.append("no prices for the qualifying rungs: picked the lowest rung on the ladder")
         explain_pick(v, pick, statuses, results, by_name, target, dropped, bes, volume, factors)
     else:
-        explain_none(v, statuses, results, target, dropped, factors)
+        explain_none(v, statuses, results, target, dropped, factors,
+                     unmeasured={n: task.rungs.rung_class(n).kind for n in unmeasured})
 
     v.reasons += explain_cheap_answers(results, task.model.constraint_support())
     v.diagnosis, failure_step = explain_failures(results)

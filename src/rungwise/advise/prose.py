@@ -13,7 +13,7 @@ from rungwise.config.factors import ENOUGH_EXAMPLES, HIGH_CONSISTENCY_VALID, Dec
 from rungwise.config.task import Target
 from rungwise.economics.cost import RungCost
 from rungwise.money import usd
-from rungwise.types import RungResult
+from rungwise.types import RungKind, RungResult
 
 
 def _valid_note(r: RungResult) -> str:
@@ -137,9 +137,15 @@ def _costlier(s: RungStatus, pick: RungStatus, results: list[RungResult], status
 
 def explain_none(
     v: Verdict, statuses: list[RungStatus], results: list[RungResult], target: Target | None,
-    dropped: dict[str, str], factors: DecisionFactors,
+    dropped: dict[str, str], factors: DecisionFactors, unmeasured: dict[str, RungKind] | None = None,
 ) -> None:
+    """The verdict when no rung qualifies: each rung's miss, and the next steps. ``unmeasured``: the
+    rungs of rungs.order this climb did not measure (skipped, or left out), by kind, so that a step
+    names them rather than asking to add what is already in the order."""
     assert target is not None
+    unmeasured = unmeasured or {}
+    untried_training = [n for n, k in unmeasured.items() if k.trains_weights]
+    untried_retrieval = [n for n, k in unmeasured.items() if k.retrieves]
     hib = higher_is_better(target)
     best_i = max(range(len(statuses)), key=lambda i: statuses[i].value if hib else -statuses[i].value)
     best = statuses[best_i]
@@ -172,7 +178,10 @@ def explain_none(
     if target.met(bound) and not best.meets:
         steps.append(f"the target lies inside {best.rung}'s CI: more test examples could settle it")
     if not trained:
-        if factors.clean_examples is not None and factors.clean_examples < ENOUGH_EXAMPLES:
+        if untried_training:
+            steps.append(f"climb {', '.join(untried_training)} (in rungs.order, not measured in this run) to measure "
+                         "whether training closes the gap")
+        elif factors.clean_examples is not None and factors.clean_examples < ENOUGH_EXAMPLES:
             steps.append(f"collect {ENOUGH_EXAMPLES}+ clean examples (you have {factors.clean_examples}), then add the "
                          "finetune rung")
         else:
@@ -189,8 +198,12 @@ def explain_none(
                      "demos, or fine-tune for the format")
     wrong_valid = sum(1 for sc, ok in zip(r.scores, r.valid, strict=False) if ok and sc < 1)
     if not any(s.kind.retrieves for s in statuses) and (factors.knowledge_change in ("fast", "slow") or wrong_valid > 0):
-        steps.append("if the failures are missing knowledge (facts the model cannot know), add the rag rung with your "
-                     "documents as the knowledge source")
+        if untried_retrieval:
+            steps.append(f"if the failures are missing knowledge, climb {', '.join(untried_retrieval)} (in rungs.order, "
+                         "not measured in this run)")
+        else:
+            steps.append("if the failures are missing knowledge (facts the model cannot know), add the rag rung with "
+                         "your documents as the knowledge source")
     if not steps:
         steps.append("revisit the target or the metric: every measured rung falls short")
 
