@@ -24,6 +24,7 @@ Measured, in one run on this machine:
     python bench/bench_retrieval.py              # everything; writes the "retrieval" and "retrieval-scale" sections
     python bench/bench_retrieval.py --all-options  # also the options that re-embed every chunk (slow)
     python bench/bench_retrieval.py --quick      # no re-embedding options, scaling to 100k (not written)
+    python bench/bench_retrieval.py --all-options --skip-scale   # the SQuAD section alone
 """
 
 from __future__ import annotations
@@ -399,18 +400,28 @@ def main() -> None:
     parser.add_argument("--all-options", action="store_true", help="also the options that re-embed every chunk")
     parser.add_argument("--articles", type=int, help="only the first N articles of each file (a check; not written)")
     parser.add_argument("--sizes", type=int, nargs="+", help="scaling sizes (a check; not written)")
+    parser.add_argument("--skip-scale", action="store_true", help="only the SQuAD section")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared machine a second thread mostly waits; see the inference section)")
     args = parser.parse_args()
     if args.scale_child:
         kind, n, directory, phase = args.scale_child
         print(json.dumps(scale_child(kind, int(n), Path(directory), phase)))
         return
+    import torch  # after the scaling children: their peak memory must not count torch
+
+    torch.set_num_threads(args.threads)
     check = args.quick or args.articles or args.sizes
-    header = f"({today()}; {machine()}; shared with other jobs, load average {os.getloadavg()[0]:.1f} at the start)."
+    header = (f"({today()}; {machine()}; torch threads {args.threads}; shared with other jobs, load average "
+              f"{os.getloadavg()[0]:.1f} at the start).")
     throughput = args.throughput
     if not args.skip_squad:
         squad, throughput = squad_section(args.quick, args.articles, args.all_options)
-        body = ["## retrieval: SQuAD v1.1 dev", "", f"`python bench/bench_retrieval.py` {header}", "", *squad]
+        command = " ".join(["python bench/bench_retrieval.py", *sys.argv[1:]])
+        body = ["## retrieval: SQuAD v1.1 dev", "", f"`{command}` {header}", "", *squad]
         publish("retrieval", body, check)
+    if args.skip_scale:
+        return
     header = f"({today()}; {machine()}; shared with other jobs, load average {os.getloadavg()[0]:.1f} at the start)."
     scale = scale_section(throughput, args.quick, args.sizes)
     body = ["## retrieval-scale: the vector stores up to 1M chunks", "", f"`python bench/bench_retrieval.py` {header}", "", *scale]
