@@ -43,6 +43,9 @@ def test_the_verdict_says_which_rung_closed_which_kind_and_where_the_rest_points
     _, step = explain_failures([_result("rag", 0.7, 2, 28, kind=RETRIEVAL, knowledge_not_retrieved=20,
                                         knowledge_retrieved=8)])
     assert step is not None and "improve retrieval" in step
+    _, step = explain_failures([_result("rag", 0.7, 2, 28, kind=RETRIEVAL, knowledge_not_retrieved=3,
+                                        knowledge_retrieved=25)])
+    assert step is not None and "(28 of 30), 25 of them with the gold passage retrieved: the model misreads it" in step
 
 
 def test_the_ladder_report_and_verdict_carry_the_counts(tmp_path: Path) -> None:

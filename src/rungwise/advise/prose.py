@@ -249,9 +249,10 @@ def explain_failures(results: Sequence[RungResult]) -> tuple[list[str], str | No
             step = (f"{best.rung}'s remaining failures are knowledge ({k} of {b + k}), mostly passages retrieval "
                     "missed: improve retrieval (more k, better chunking, the fused retriever) before training")
         elif best.kind.retrieves:
-            step = (f"{best.rung}'s remaining failures are knowledge ({k} of {b + k}) although the gold passage was "
-                    "retrieved: the model misreads it; a larger model or a fine-tune on answering from passages "
-                    "(the hybrid rung) is next")
+            misread = best.failures.get("knowledge_retrieved", 0)
+            step = (f"{best.rung}'s remaining failures are knowledge ({k} of {b + k}), {misread} of them with the gold "
+                    "passage retrieved: the model misreads it; a larger model or a fine-tune on answering from "
+                    "passages (the hybrid rung) is next")
         else:
             step = (f"{best.rung}'s remaining failures are knowledge ({k} of {b + k} are valid but wrong): if the facts "
                     "are in documents, add retrieval (the rag rung) rather than training")
