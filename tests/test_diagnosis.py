@@ -11,7 +11,7 @@ from rungwise.climb import climb
 from rungwise.config.task import load_task
 from rungwise.evaluate.diagnosis import GOLD_RETRIEVED, Failures, diagnose
 from rungwise.evaluate.scores import ScoreSet
-from rungwise.types import PROMPT, RETRIEVAL, MetricValue, RungResult
+from rungwise.types import FINETUNE, PROMPT, RETRIEVAL, MetricValue, RungResult
 
 
 def test_failures_are_format_or_content_and_retrieval_misses_are_told_apart() -> None:
@@ -38,6 +38,9 @@ def test_the_verdict_says_which_rung_closed_which_kind_and_where_the_rest_points
     assert lines[1].startswith("few_shot: 5 of 100 fail on format (behaviour), 35 on content (knowledge)")
     assert "against zero_shot: 75 fewer format failures, 35 more content failures" in lines[1]
     assert step is not None and "knowledge" in step and "rag rung" in step and "rather than training" in step
+    # On a label task a valid but wrong answer is a confused label: more examples first, not documents.
+    _, step = explain_failures([_result("finetune", 0.86, 0, 7, kind=FINETUNE)], labels=True)
+    assert step is not None and "valid labels but the wrong ones (7 of 7)" in step and "confuses labels" in step
     _, step = explain_failures([_result("zero_shot", 0.3, 60, 10)])
     assert step is not None and "behaviour" in step and "constrain the output" in step
     _, step = explain_failures([_result("rag", 0.7, 2, 28, kind=RETRIEVAL, knowledge_not_retrieved=20,

@@ -192,7 +192,7 @@ def verdict(
                      unmeasured={n: task.rungs.rung_class(n).kind for n in unmeasured})
 
     v.reasons += explain_cheap_answers(results, task.model.constraint_support())
-    v.diagnosis, failure_step = explain_failures(results)
+    v.diagnosis, failure_step = explain_failures(results, labels=bool(task.labels))
     if failure_step and v.confidence != "high":  # the gap is not closed: its kind says where to go next
         v.next_steps.insert(0, failure_step)
     v.reasons += ["factor: " + s.sentence() for s in signals]

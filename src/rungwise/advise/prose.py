@@ -208,9 +208,12 @@ def explain_none(
         steps.append("revisit the target or the metric: every measured rung falls short")
 
 
-def explain_failures(results: Sequence[RungResult]) -> tuple[list[str], str | None]:
+def explain_failures(results: Sequence[RungResult], *, labels: bool = False) -> tuple[list[str], str | None]:
     """Per rung, its failures by kind and what its step up closed; and the next step the remaining
     failures of the best rung point to (None when there is no clear majority).
+
+    ``labels``: the task answers with one of its labels, so a valid but wrong answer is a confused
+    label (what more examples of those labels teach) unless telling the labels apart needs facts.
 
     "Fine-tune for behaviour, RAG for knowledge": a rung whose failures are mostly wrong formats
     needs the format enforced (constrained decoding, demos, a fine-tune); one whose failures are
@@ -253,6 +256,10 @@ def explain_failures(results: Sequence[RungResult]) -> tuple[list[str], str | No
             step = (f"{best.rung}'s remaining failures are knowledge ({k} of {b + k}), {misread} of them with the gold "
                     "passage retrieved: the model misreads it; a larger model or a fine-tune on answering from "
                     "passages (the hybrid rung) is next")
+        elif labels:
+            step = (f"{best.rung}'s remaining failures are valid labels but the wrong ones ({k} of {b + k}): the model "
+                    "confuses labels; more training examples of the confused labels or clearer label definitions in "
+                    "the instructions, and retrieval (the rag rung) only if telling them apart needs facts in documents")
         else:
             step = (f"{best.rung}'s remaining failures are knowledge ({k} of {b + k} are valid but wrong): if the facts "
                     "are in documents, add retrieval (the rag rung) rather than training")
