@@ -594,7 +594,7 @@ class BreakEven:
         """One line for reasons and reports."""
         pre = "what-if prices: " if self.what_if else ""
         if self.volume_per_day is None:
-            return (f"{pre}{self.finetune} never becomes cheaper than {self.against} (its cost per call is not lower "
+            return (f"{pre}{self.finetune} never becomes cheaper than {self.against} (its cost per call is not low "
                     "enough to repay training and retraining)")
         s = f"{pre}{self.finetune} becomes cheaper than {self.against} above {self.volume_per_day:,.0f} requests/day"
         if self.payback_days is not None:
