@@ -285,15 +285,22 @@ def test_a_plan_over_the_budget_stops_before_training(tiny: Path, tmp_path: Path
     assert not (tmp_path / "ft" / "result.json").exists() and not (tmp_path / "ft" / "checkpoint").exists()
 
 
+def _cpu_plan(**figures: Any) -> Any:
+    """A TrainingPlan of a fresh one-process CPU run with a shared prompt prefix, from its figures."""
+    from rungwise.train.plan import TrainingPlan
+
+    return TrainingPlan(**{"n_skipped": 0, "start_step": 0, "layout": "shared_prefix", "device": "cpu", "world_size": 1,
+                           "warmup_seconds": 4.0, **figures})
+
+
 def test_budget_error_lists_the_fixes_that_fit() -> None:
-    from rungwise.train.plan import BUDGET_MARGIN, TrainingBudgetExceeded, TrainingPlan
+    from rungwise.train.plan import BUDGET_MARGIN, TrainingBudgetExceeded
 
     # 9,744 + 256 examples, 3 epochs at 400 tokens/s: 9,750 s of training + 6 validations of 12,800 tokens at 1,200/s
-    plan = TrainingPlan(
-        prompt="full", n_available=10_000, n_train=9_744, n_val=256, n_skipped=0, epochs=3, steps=3750, start_step=0,
-        steps_per_epoch=1250, evaluations=6, example_tokens_per_epoch=6_500_000, computed_tokens_per_epoch=1_300_000,
-        computed_tokens=3_900_000, layout="shared_prefix", prefix_tokens=600, device="cpu", world_size=1,
-        train_s_per_token=1 / 400, eval_s_per_token=1 / 1200, warmup_seconds=4.0, estimated_seconds=9_814,
+    plan = _cpu_plan(
+        prompt="full", n_available=10_000, n_train=9_744, n_val=256, epochs=3, steps=3750, steps_per_epoch=1250,
+        evaluations=6, example_tokens_per_epoch=6_500_000, computed_tokens_per_epoch=1_300_000, computed_tokens=3_900_000,
+        prefix_tokens=600, train_s_per_token=1 / 400, eval_s_per_token=1 / 1200, estimated_seconds=9_814,
         budget_minutes=60, usd_per_hour=0.5, validation_tokens=12_800, validation_rule=(0.1, 8, 256),
     )
     assert plan.estimated_cost_usd == pytest.approx(9_814 / 3600 * 0.5)
@@ -318,15 +325,12 @@ def test_budget_error_lists_the_fixes_that_fit() -> None:
 
 
 def test_a_capped_run_holds_out_a_smaller_validation_slice_in_the_fit() -> None:
-    from rungwise.train.plan import TrainingPlan
-
     # Below 2,560 examples the 10% validation slice shrinks with the cap; validation here is cheap per
     # example, so the fit is computed with the slice the capped run will really have.
-    plan = TrainingPlan(
-        prompt="minimal", n_available=10_003, n_train=9_747, n_val=256, n_skipped=0, epochs=3, steps=3657, start_step=0,
-        steps_per_epoch=1219, evaluations=6, example_tokens_per_epoch=500_378, computed_tokens_per_epoch=295_699,
-        computed_tokens=887_097, layout="shared_prefix", prefix_tokens=24, device="cpu", world_size=1,
-        train_s_per_token=1 / 63, eval_s_per_token=1 / 190, warmup_seconds=4.0, estimated_seconds=14_400,
+    plan = _cpu_plan(
+        prompt="minimal", n_available=10_003, n_train=9_747, n_val=256, epochs=3, steps=3657, steps_per_epoch=1219,
+        evaluations=6, example_tokens_per_epoch=500_378, computed_tokens_per_epoch=295_699, computed_tokens=887_097,
+        prefix_tokens=24, train_s_per_token=1 / 63, eval_s_per_token=1 / 190, estimated_seconds=14_400,
         budget_minutes=10, validation_tokens=256 * 30,
     )
     n = plan.examples_that_fit(600)
