@@ -257,17 +257,13 @@ def forgetting_for_task(task: Task, base: Backend, tuned: Backend) -> Forgetting
     A relative probe path is read from the task file's folder.
     """
     spec = task.rungs.section("finetune").forgetting
-    if not spec.enabled:
-        return None
-    return forgetting_check(
-        base,
-        tuned,
-        probe=spec.probe,
-        n=spec.n,
-        seed=spec.seed,
-        threshold_points=spec.threshold_points,
-        base_dir=task.base_dir,
-    )
+    return check_with(spec, base, tuned, task.base_dir) if spec.enabled else None
+
+
+def check_with(spec: ForgettingSpec, base: Backend, tuned: Backend, base_dir: Path | None) -> ForgettingResult:
+    """:func:`forgetting_check` with the settings of a ``forgetting:`` section."""
+    return forgetting_check(base, tuned, probe=spec.probe, n=spec.n, seed=spec.seed,
+                            threshold_points=spec.threshold_points, base_dir=base_dir)
 
 
 def forgetting_record(
@@ -286,8 +282,7 @@ def forgetting_record(
     if not spec.enabled:
         return None, None
     try:
-        fg = forgetting_check(base, tuned, probe=spec.probe, n=spec.n, seed=spec.seed,
-                              threshold_points=spec.threshold_points, base_dir=base_dir)
+        fg = check_with(spec, base, tuned, base_dir)
     except DataError as exc:
         if spec.probe != "mmlu":
             raise
