@@ -9,8 +9,8 @@ two rungs: a variant, ``finetune_full: {use: finetune, prompt: full}``.
 Before training, the data audit runs on the train split and the training plan is printed: its
 examples, tokens, steps and the wall time measured by a short warm-up; a plan over
 ``budget_minutes`` skips the rung (the rest of the ladder and its verdict stand) with the ways
-to fit. A quick climb (``--limit``) also caps what it trains on, and says so. After training, the forgetting check scores the base and the tuned model
-on a general-ability probe. The model is trained once per (model, prompt, settings, train data)
+to fit. A quick climb (``--limit``) also caps what it trains on, and says so. After training, the
+forgetting check scores the base and the tuned model on a general-ability probe. The model is trained once per (model, prompt, settings, train data)
 and loaded once per climb; an interrupted training resumes from its last checkpoint.
 """
 

@@ -242,11 +242,12 @@ class Rag(Rung):
     def prepare(self, ctx: RungContext) -> Prepared:
         cfg: RagConfig = ctx.config
         system = base_system(ctx.task) + "\n\n" + ANSWER_FROM_PASSAGES
-        kb = ctx.knowledge(cfg.retriever())
-        demos = passage_demos(kb, cfg.retriever(), ctx.train, cfg.demos, ctx.task.data.seed,
+        retriever = cfg.retriever()
+        kb = ctx.knowledge(retriever)
+        demos = passage_demos(kb, retriever, ctx.train, cfg.demos, ctx.task.data.seed,
                               by_label=bool(ctx.task.labels)) if cfg.demos else ()
         tpl = PromptTemplate(system, demos)
-        art = RagArtifact(prompt=tpl.to_dict(), index=kb.id, retriever=cfg.retriever().model_dump(mode="json"),
+        art = RagArtifact(prompt=tpl.to_dict(), index=kb.id, retriever=retriever.model_dump(mode="json"),
                           chunks=len(kb.chunks))
         return self._prepared(ctx, art)
 
