@@ -412,20 +412,24 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     check = args.quick or args.articles or args.sizes
-    header = (f"({today()}; {machine()}; torch threads {args.threads}; shared with other jobs, load average "
-              f"{os.getloadavg()[0]:.1f} at the start).")
     throughput = args.throughput
     if not args.skip_squad:
+        header = _measured(args.threads)  # read before the run: its load average is the start's
         squad, throughput = squad_section(args.quick, args.articles, args.all_options)
-        command = " ".join(["python bench/bench_retrieval.py", *sys.argv[1:]])
-        body = ["## retrieval: SQuAD v1.1 dev", "", f"`{command}` {header}", "", *squad]
-        publish("retrieval", body, check)
+        publish("retrieval", ["## retrieval: SQuAD v1.1 dev", "", header, "", *squad], check)
     if args.skip_scale:
         return
-    header = f"({today()}; {machine()}; shared with other jobs, load average {os.getloadavg()[0]:.1f} at the start)."
+    header = _measured(None)  # the scaling runs numpy and FAISS in child processes, not torch
     scale = scale_section(throughput, args.quick, args.sizes)
-    body = ["## retrieval-scale: the vector stores up to 1M chunks", "", f"`python bench/bench_retrieval.py` {header}", "", *scale]
-    publish("retrieval-scale", body, check)
+    publish("retrieval-scale", ["## retrieval-scale: the vector stores up to 1M chunks", "", header, "", *scale], check)
+
+
+def _measured(threads: int | None) -> str:
+    """The command as run, the date, the machine, the torch threads (when torch runs) and the load average now."""
+    command = " ".join(["python bench/bench_retrieval.py", *sys.argv[1:]])
+    torch_threads = f"torch threads {threads}; " if threads else ""
+    return (f"`{command}` ({today()}; {machine()}; {torch_threads}shared with other jobs, load average "
+            f"{os.getloadavg()[0]:.1f} at the start).")
 
 
 def publish(section: str, lines: list[str], check: bool) -> None:
