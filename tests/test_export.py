@@ -175,6 +175,12 @@ def test_model_card_records_provenance(tuned, tmp_path: Path) -> None:
     # the prompt shape it was trained on, so that users send the same one
     assert prov["training_data"]["prompt_shape"] == res.prompt and f"- prompt: {res.prompt}" in text
     assert "[0.8500, 0.9500]" in text and "Warning: general ability dropped" in text
+    # a base model at chance on the probe: the card says the check could not tell
+    fg = {"probe": "mmlu", "n": 100, "base_acc": 0.19, "tuned_acc": None, "delta_points": None, "ci_low": None,
+          "ci_high": None, "p_value": None, "threshold_points": 2.0, "warning": False, "chance": 0.25,
+          "base_p_above_chance": 0.94}
+    text = write_model_card(tmp_path / "card2", res, forgetting=fg, task_name="t").read_text()
+    assert "base 19.0%, not above chance (25.0%, p=0.94). Inconclusive" in text and "points [" not in text
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ import pytest
 
 from rungwise.backends.scripted import ScriptedBackend
 from rungwise.errors import DataError
-from rungwise.train.forgetting import ProbeQuestion, forgetting_check, load_probe, mmlu_dir
+from rungwise.train.forgetting import ProbeQuestion, forgetting_check, load_probe, mmlu_dir, p_above_chance
 
 HAS_MMLU = (mmlu_dir() / "data" / "test").is_dir()
 
@@ -123,13 +123,48 @@ def test_no_change_no_warning(tmp_path: Path) -> None:
     assert res.delta_points == pytest.approx(-2.5) and not res.warning
 
 
+def test_a_base_model_at_chance_makes_the_check_inconclusive(tmp_path: Path) -> None:
+    p = _probe(tmp_path, 100)
+    asked: list[str] = []
+
+    def tuned_scores(chat, choice: str) -> float:
+        asked.append(choice)
+        return 0.0
+
+    def guesses(chat, choice: str) -> float:  # always "A": right on every 4th question, as guessing is
+        return 0.0 if choice == "A" else -3.0
+
+    res = forgetting_check(ScriptedBackend(choice_scores=guesses), ScriptedBackend(choice_scores=tuned_scores),
+                           probe=str(p), n=100)
+    assert res.inconclusive and not asked and not res.warning
+    assert res.base_acc == pytest.approx(0.25) and res.chance == 0.25 and res.base_p_above_chance > 0.5
+    assert res.tuned_acc is None and res.delta_points is None
+    assert "inconclusive" in res.summary() and "not above chance (25.0%" in res.summary()
+    # a base model that knows the probe is compared as before
+    assert not forgetting_check(ScriptedBackend(choice_scores=_knows(3)), ScriptedBackend(choice_scores=_knows(3)),
+                                probe=str(p)).inconclusive
+
+
+def test_chance_tail_is_the_exact_poisson_binomial() -> None:
+    four = ProbeQuestion("q", ("a", "b", "c", "d"), 0)
+    # the binomial tail P(X >= 33 | 100, 1/4), and P(X >= 34)
+    assert p_above_chance([1.0] * 33, [four] * 100) == pytest.approx(0.044596, abs=1e-6)
+    assert p_above_chance([1.0] * 34, [four] * 100) == pytest.approx(0.027595, abs=1e-6)
+    # mixed choices: one 2-choice and one 4-choice question
+    two = ProbeQuestion("q", ("a", "b"), 0)
+    assert p_above_chance([1.0, 1.0], [two, four]) == pytest.approx(1 / 8)
+    assert p_above_chance([1.0, 0.0], [two, four]) == pytest.approx(1 - 1 / 2 * 3 / 4)
+    assert p_above_chance([0.0, 0.0], [two, four]) == pytest.approx(1.0)
+
+
 @pytest.mark.model
 def test_real_model_scores_the_probe(tiny_llama_dir: Path, tmp_path: Path) -> None:
     from rungwise.backends.local import LocalBackend
 
     b = LocalBackend.load(str(tiny_llama_dir), dtype="float32", device="cpu")
     res = forgetting_check(b, b, probe=str(_probe(tmp_path, 8)))
-    assert res.n == 8 and res.delta_points == 0 and 0 <= res.base_acc <= 1
+    # an untrained model guesses: the check says so instead of reporting a delta
+    assert res.n == 8 and 0 <= res.base_acc <= 1 and res.inconclusive and res.chance == 0.25
     assert isinstance(ProbeQuestion("q", ("a", "b"), 0).chat()[0]["content"], str)
 
 

@@ -191,16 +191,16 @@ def write_model_card(
         ]
     fg = _plain(forgetting)
     if fg:
-        warn = " **Warning: general ability dropped beyond the threshold.**" if fg.get("warning") else ""
-        lines += [
-            "## Forgetting check",
-            "",
-            f"Probe `{fg['probe']}` (n={fg['n']}), scored by choice log-likelihood: base {fg['base_acc']:.1%}, "
-            f"tuned {fg['tuned_acc']:.1%}, delta {fg['delta_points']:+.1f} points "
-            f"[{fg['ci_low']:+.1f}, {fg['ci_high']:+.1f}] (p={fg['p_value']:.2g}; warning threshold "
-            f"{fg['threshold_points']:g} points).{warn}",
-            "",
-        ]
+        head = f"Probe `{fg['probe']}` (n={fg['n']}), scored by choice log-likelihood: base {fg['base_acc']:.1%}"
+        if fg.get("tuned_acc") is None:
+            body = (f"{head}, not above chance ({fg['chance']:.1%}, p={fg['base_p_above_chance']:.2g}). Inconclusive: "
+                    "this probe cannot show what fine-tuning cost the model, so the tuned model was not scored.")
+        else:
+            warn = " **Warning: general ability dropped beyond the threshold.**" if fg.get("warning") else ""
+            body = (f"{head}, tuned {fg['tuned_acc']:.1%}, delta {fg['delta_points']:+.1f} points "
+                    f"[{fg['ci_low']:+.1f}, {fg['ci_high']:+.1f}] (p={fg['p_value']:.2g}; warning threshold "
+                    f"{fg['threshold_points']:g} points).{warn}")
+        lines += ["## Forgetting check", "", body, ""]
     if result.adapter_dir:
         lines += [
             "## Use",

@@ -5,6 +5,12 @@ scored by the log-likelihood of each choice (no generation, no parsing: the most
 is the answer). The report is the accuracy delta in points with a paired-bootstrap 95% CI and
 an exact McNemar p-value, and a warning when the drop exceeds a threshold (default 2 points).
 
+A probe can only show forgetting where the base model knows something: the base model is scored
+first, and when it does not answer significantly above chance (exact one-sided test, 5% level)
+the check says it is inconclusive and does not score the tuned model. The embedded 135M model
+is such a case on MMLU (19.5% with letters, 24% scored as cloze, on 200 questions; chance 25%):
+there a delta would be noise read as a finding.
+
 Probes:
 
 - ``"mmlu"`` (default): a fixed, seeded sample of the MMLU test set (57 subjects, 4 choices),
@@ -33,6 +39,8 @@ import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from rungwise.backends.base import Backend
 from rungwise.config.task import Task
@@ -69,22 +77,44 @@ class ProbeQuestion:
         return list(LETTERS[: len(self.choices)])
 
 
+#: The base model must beat chance on the probe at this significance level for the check to count.
+CHANCE_ALPHA = 0.05
+
+
 @dataclass
 class ForgettingResult:
-    """Base vs tuned accuracy on the probe; ``delta_points`` = tuned - base, in points."""
+    """Base vs tuned accuracy on the probe; ``delta_points`` = tuned - base, in points.
+
+    ``chance`` is the accuracy of guessing (the mean of 1 / choices) and ``base_p_above_chance``
+    the one-sided p-value of the base model's score against it. When that is not significant the
+    check is ``inconclusive``: the tuned model is not scored and its fields are None.
+    """
 
     probe: str
     n: int
     base_acc: float
-    tuned_acc: float
-    delta_points: float
-    ci_low: float  # points
-    ci_high: float  # points
-    p_value: float
+    tuned_acc: float | None
+    delta_points: float | None
+    ci_low: float | None  # points
+    ci_high: float | None  # points
+    p_value: float | None
     threshold_points: float
     warning: bool
+    chance: float = 0.0
+    base_p_above_chance: float = 0.0
+
+    @property
+    def inconclusive(self) -> bool:
+        return self.tuned_acc is None
 
     def summary(self) -> str:
+        if self.delta_points is None or self.ci_low is None or self.ci_high is None or self.p_value is None:
+            return (
+                f"forgetting ({self.probe}, n={self.n}): inconclusive: the base model scores {self.base_acc:.1%}, not "
+                f"above chance ({self.chance:.1%}, p={self.base_p_above_chance:.2g}), so this probe cannot show what "
+                "fine-tuning costs it; the tuned model was not scored (point forgetting.probe at a JSONL of "
+                "questions this model answers above chance)"
+            )
         s = (
             f"forgetting ({self.probe}, n={self.n}): base {self.base_acc:.1%}, tuned {self.tuned_acc:.1%}, "
             f"delta {self.delta_points:+.1f} points [{self.ci_low:+.1f}, {self.ci_high:+.1f}], p={self.p_value:.2g}"
@@ -213,6 +243,19 @@ def probe_scores(backend: Backend, questions: list[ProbeQuestion]) -> list[float
     return out
 
 
+def p_above_chance(scores: list[float], questions: list[ProbeQuestion]) -> float:
+    """Exact one-sided p-value of scoring at least ``sum(scores)`` by guessing uniformly among
+    each question's choices (a Poisson-binomial tail: questions may have different numbers of
+    choices)."""
+    dist = np.zeros(len(questions) + 1)
+    dist[0] = 1.0
+    for q in questions:
+        p = 1.0 / len(q.choices)
+        dist[1:] = dist[1:] * (1 - p) + dist[:-1] * p
+        dist[0] *= 1 - p
+    return float(min(1.0, dist[int(round(sum(scores))):].sum()))
+
+
 def forgetting_check(
     base: Backend,
     tuned: Backend,
@@ -227,10 +270,18 @@ def forgetting_check(
     than ``threshold_points`` accuracy points.
 
     The CI is a paired bootstrap over questions (both models answered the same ones) and the
-    p-value an exact McNemar test, from :func:`rungwise.evaluate.stats.paired_test`.
+    p-value an exact McNemar test, from :func:`rungwise.evaluate.stats.paired_test`. A base model
+    that does not beat chance on the probe makes the result inconclusive (``tuned`` unscored).
     """
     questions = load_probe(probe, n, seed, base_dir)
     b = probe_scores(base, questions)
+    chance = sum(1.0 / len(q.choices) for q in questions) / len(questions)
+    p_chance = p_above_chance(b, questions)
+    if p_chance > CHANCE_ALPHA:
+        return ForgettingResult(probe=probe, n=len(questions), base_acc=sum(b) / len(b), tuned_acc=None,
+                                delta_points=None, ci_low=None, ci_high=None, p_value=None,
+                                threshold_points=threshold_points, warning=False, chance=chance,
+                                base_p_above_chance=p_chance)
     t = probe_scores(tuned, questions)
     valid = [True] * len(questions)
     sb = ScoreSet("accuracy", b, valid, [""] * len(b))
@@ -248,6 +299,8 @@ def forgetting_check(
         p_value=cmp.p_value,
         threshold_points=threshold_points,
         warning=delta < -threshold_points,
+        chance=chance,
+        base_p_above_chance=p_chance,
     )
 
 
