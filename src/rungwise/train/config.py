@@ -2,7 +2,9 @@
 
 Defaults follow common LoRA practice for small instruction models (r=16, alpha=32, all linear
 layers, lr 2e-4, 3 epochs) and are chosen so that a run on a laptop CPU finishes; a GPU user
-mostly raises ``batch_size``. The adapter is trained on the minimal prompt by default (the
+mostly raises ``batch_size``. LoRA dropout is off (PEFT's own default): PEFT draws a fresh mask
+for the input of every adapted layer, 210 per forward pass on the 135M model, which cost 1.2x in
+training speed on this CPU for no measured gain (BENCHMARKS.md "finetune-dropout"). The adapter is trained on the minimal prompt by default (the
 input alone: the instructions and label list are baked into the weights), which the
 measurements in BENCHMARKS.md ("finetune-prompt") chose over the full prompt.
 
@@ -61,7 +63,9 @@ class FinetuneSpec(Strict):
     )
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the LoRA input (0 = none; 0.05-0.1 is common on large data)."
+    )
     target_modules: str | list[str] = Field(
         "all-linear",
         description="Modules that get adapters: 'all-linear' (every linear layer except the output head) "
