@@ -100,8 +100,8 @@ class ForgettingResult:
     p_value: float | None
     threshold_points: float
     warning: bool
-    chance: float = 0.0
-    base_p_above_chance: float = 0.0
+    chance: float
+    base_p_above_chance: float
 
     @property
     def inconclusive(self) -> bool:
