@@ -239,9 +239,9 @@ class Adapter(Rung):
     def _open(wd: WeightsDir, base: models.ResolvedModel, spec: LocalSpec) -> Backend:
         """A local backend over base + adapter (merged into the weights) or the merged model."""
         if wd.form == "adapter":
-            from rungwise.train.trainer import _with_adapter
+            from rungwise.train.trainer import load_with_adapter
 
-            model, tok = _with_adapter(base, wd.path, spec)
+            model, tok = load_with_adapter(base, wd.path, spec)
             model_id = f"local:{base.display}+lora:{wd.path.name}"
         else:
             device = models.pick_device(spec.device)

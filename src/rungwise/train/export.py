@@ -404,13 +404,13 @@ def _export_merged(result: FinetuneResult, out: Path, task: Any) -> ExportReport
         shutil.copytree(result.model_dir, out)
     else:
         from rungwise import models
-        from rungwise.train.trainer import _base_for, _peft_reads_deprecated_alias
+        from rungwise.train.trainer import base_model_for, peft_reads_deprecated_alias
 
         peft = require("peft")
         trust = bool(getattr(getattr(task, "model", None), "trust_remote_code", False))
-        rm = _base_for(result, task.model) if task is not None else models.resolve(result.base_model_id)
+        rm = base_model_for(result, task.model) if task is not None else models.resolve(result.base_model_id)
         base, tok = models.load_causal_lm(rm, dtype=torch.float32, device="cpu", trust_remote_code=trust)
-        with _peft_reads_deprecated_alias():
+        with peft_reads_deprecated_alias():
             merged = peft.PeftModel.from_pretrained(base, result.adapter_dir).merge_and_unload()
         out.mkdir(parents=True, exist_ok=True)
         merged.save_pretrained(out, safe_serialization=True)

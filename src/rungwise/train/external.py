@@ -190,10 +190,10 @@ def check_fits_base(wd: WeightsDir, base_dir: str, field: str, *, trust_remote_c
         _check_same_shapes(wd, base, _meta_model(str(wd.path), trust_remote_code), field)
         return
     peft = require("peft")
-    from rungwise.train.trainer import _peft_reads_deprecated_alias
+    from rungwise.train.trainer import peft_reads_deprecated_alias
 
     try:
-        with _peft_reads_deprecated_alias():
+        with peft_reads_deprecated_alias():
             peft.PeftModel.from_pretrained(base, str(wd.path), is_trainable=False, low_cpu_mem_usage=True)
     except (RuntimeError, ValueError) as exc:  # torch's size mismatch; PEFT's missing target modules
         raise ConfigError(

@@ -212,7 +212,7 @@ def _peak_mem_mb(device: str) -> tuple[float, str]:
 
 
 @contextlib.contextmanager
-def _peft_reads_deprecated_alias() -> Iterator[None]:
+def peft_reads_deprecated_alias() -> Iterator[None]:
     """Hide the one FutureWarning PEFT causes when it wraps a transformers 5 model.
 
     ``PeftModel.__init__`` (PEFT <= 0.21.2, also on its main branch) reads
@@ -290,7 +290,7 @@ def _wrap_peft(model: Any, spec: FinetuneSpec) -> Any:
         task_type="CAUSAL_LM",
     )
     try:
-        with _peft_reads_deprecated_alias():
+        with peft_reads_deprecated_alias():
             return peft.get_peft_model(model, cfg)
     except ValueError as exc:
         raise ConfigError(
@@ -1186,10 +1186,12 @@ def load_tuned_model(result_or_dir: FinetuneResult | str | Path, task: Any, *, m
         return models.load_causal_lm(
             rm, dtype=models.pick_dtype(spec.dtype, device), device=device, trust_remote_code=bool(spec.trust_remote_code)
         )
-    return _with_adapter(_base_for(res, task.model), res.adapter_dir, task.model, merge=merge)
+    return load_with_adapter(base_model_for(res, task.model), res.adapter_dir, task.model, merge=merge)
 
 
-def _with_adapter(base_rm: models.ResolvedModel, adapter_dir: Any, spec: Any, *, merge: bool = True) -> tuple[Any, Any]:
+def load_with_adapter(base_rm: models.ResolvedModel, adapter_dir: Any, spec: Any, *, merge: bool = True) -> tuple[Any, Any]:
+    """The base model with a PEFT adapter loaded over it (merged unless ``merge`` is False), in the
+    dtype and on the device ``spec`` (a task's ``model`` section) asks for; (model, tokenizer)."""
     torch = require("torch")
     peft = require("peft")
     device = models.pick_device(spec.device)
@@ -1198,7 +1200,7 @@ def _with_adapter(base_rm: models.ResolvedModel, adapter_dir: Any, spec: Any, *,
     model, tok = models.load_causal_lm(
         base_rm, dtype=torch.float32, device=device, trust_remote_code=bool(spec.trust_remote_code)
     )
-    with _peft_reads_deprecated_alias():
+    with peft_reads_deprecated_alias():
         model = peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     if merge:
         model = model.merge_and_unload()
@@ -1207,7 +1209,7 @@ def _with_adapter(base_rm: models.ResolvedModel, adapter_dir: Any, spec: Any, *,
     return model, tok
 
 
-def _base_for(res: FinetuneResult, spec: Any) -> models.ResolvedModel:
+def base_model_for(res: FinetuneResult, spec: Any) -> models.ResolvedModel:
     """Resolve the base model again, checking that it is the one the adapter was trained on."""
     rm = models.resolve(res.base_model_id, getattr(spec, "gguf_file", None))
     if res.base_sha256 and rm.sha256 and rm.sha256 != res.base_sha256:
@@ -1255,7 +1257,7 @@ def load_adapter_backend(spec: Any, adapter: str | Path) -> Any:
             raise BackendError(
                 f"{adapter}: this is a full fine-tune, not an adapter", hint=f"serve it with --model {res.model_dir}"
             )
-        base_rm = _base_for(res, spec)
+        base_rm = base_model_for(res, spec)
         adapter_dir: Path = Path(res.adapter_dir or p)
     else:
         if not (p / "adapter_config.json").exists():
@@ -1265,7 +1267,7 @@ def load_adapter_backend(spec: Any, adapter: str | Path) -> Any:
             )
         base_rm = models.resolve(spec.id, spec.gguf_file)
         adapter_dir = p
-    model, tok = _with_adapter(base_rm, adapter_dir, spec)
+    model, tok = load_with_adapter(base_rm, adapter_dir, spec)
     return LocalBackend(
         model,
         tok,
