@@ -9,9 +9,9 @@ from rungwise.advise.prose import explain_failures
 from rungwise.backends.scripted import ScriptedBackend
 from rungwise.climb import climb
 from rungwise.config.task import load_task
-from rungwise.evaluate.diagnosis import GOLD_RETRIEVED, Failures, diagnose
+from rungwise.evaluate.diagnosis import GOLD_RETRIEVED, Failures, answer_in_input, diagnose
 from rungwise.evaluate.scores import ScoreSet
-from rungwise.types import FINETUNE, PROMPT, RETRIEVAL, MetricValue, RungResult
+from rungwise.types import FINETUNE, PROMPT, RETRIEVAL, Example, MetricValue, RungResult
 
 
 def test_failures_are_format_or_content_and_retrieval_misses_are_told_apart() -> None:
@@ -25,6 +25,19 @@ def test_failures_are_format_or_content_and_retrieval_misses_are_told_apart() ->
 def test_a_graded_metric_fails_below_one_half() -> None:
     s = ScoreSet("token_f1", [0.9, 0.4, 0.6, 0.0], [True, True, True, False], ["", "", "", ""])
     assert diagnose(s) == Failures(behaviour=1, knowledge=1)
+
+
+def test_an_answer_made_of_spans_of_the_input_is_told_apart() -> None:
+    snips = Example("play the song Yellow Submarine by the  beatles",
+                    '{"intent": "PlayMusic", "slots": {"track": "Yellow Submarine", "artist": "The Beatles"}}')
+    assert answer_in_input(snips)  # two of its three values are in the request (not the intent)
+    assert not answer_in_input(Example("what's the weather", '{"intent": "GetWeather", "slots": {}}'))
+    assert answer_in_input(Example("Context: Paris is the capital of France. Q: capital?", "Paris"))
+    assert not answer_in_input(Example("Who wrote Hamlet?", "William Shakespeare"))
+    assert not answer_in_input(Example("Tom has 3 apples and eats 1. How many are left? 2 is wrong.", "2"))
+    s = ScoreSet("json_fields", [0.2, 0.1, 0.0], [True, True, False], ["", "", ""])
+    exs = [snips, Example("Who wrote Hamlet?", "William Shakespeare"), snips]
+    assert diagnose(s, None, exs) == Failures(behaviour=1, knowledge=2, knowledge_in_input=1)
 
 
 def _result(name: str, value: float, behaviour: int, knowledge: int, kind=PROMPT, **extra: int) -> RungResult:
@@ -49,6 +62,11 @@ def test_the_verdict_says_which_rung_closed_which_kind_and_where_the_rest_points
     _, step = explain_failures([_result("rag", 0.7, 2, 28, kind=RETRIEVAL, knowledge_not_retrieved=3,
                                         knowledge_retrieved=25)])
     assert step is not None and "(28 of 30), 25 of them with the gold passage retrieved: the model misreads it" in step
+    # Extraction: the expected values are in the input, so documents would add nothing.
+    lines, step = explain_failures([_result("few_shot", 0.5, 5, 45, knowledge_in_input=40)])
+    assert "the expected answer is in the input for 40 of those" in lines[0]
+    assert step is not None and "40 of them with the expected values in the input itself" in step
+    assert "retrieval cannot fix" in step and "rag rung" not in step
 
 
 def test_the_ladder_report_and_verdict_carry_the_counts(tmp_path: Path) -> None:

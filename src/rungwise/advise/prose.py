@@ -232,6 +232,8 @@ def explain_failures(results: Sequence[RungResult], *, labels: bool = False) -> 
         if traced:
             line += (f"; of those, the gold passage was not retrieved for {f['knowledge_not_retrieved']} and "
                      f"retrieved but misread for {f['knowledge_retrieved']}")
+        elif f.get("knowledge_in_input") and not labels:
+            line += f"; the expected answer is in the input for {f['knowledge_in_input']} of those"
         if prev is not None and prev.failures:
             db = prev.failures["behaviour"] - f["behaviour"]
             dk = prev.failures["knowledge"] - f["knowledge"]
@@ -260,6 +262,11 @@ def explain_failures(results: Sequence[RungResult], *, labels: bool = False) -> 
             step = (f"{best.rung}'s remaining failures are valid labels but the wrong ones ({k} of {b + k}): the model "
                     "confuses labels; more training examples of the confused labels or clearer label definitions in "
                     "the instructions, and retrieval (the rag rung) only if telling them apart needs facts in documents")
+        elif 2 * best.failures.get("knowledge_in_input", 0) > k:
+            step = (f"{best.rung}'s remaining failures are valid but wrong answers ({k} of {b + k}), "
+                    f"{best.failures['knowledge_in_input']} of them with the expected values in the input itself: the "
+                    "model misreads what it was given, which retrieval cannot fix; demos of that extraction, a larger "
+                    "model or a fine-tune are next")
         else:
             step = (f"{best.rung}'s remaining failures are knowledge ({k} of {b + k} are valid but wrong): if the facts "
                     "are in documents, add retrieval (the rag rung) rather than training")
