@@ -4,7 +4,7 @@ Defaults follow common LoRA practice for small instruction models (r=16, alpha=3
 layers, lr 2e-4, 3 epochs) and are chosen so that a run on a laptop CPU finishes; a GPU user
 mostly raises ``batch_size``. LoRA dropout is off (PEFT's own default): PEFT draws a fresh mask
 for the input of every adapted layer, 210 per forward pass on the 135M model, which slowed
-training on this CPU by about 1.2x with no measured gain in accuracy (BENCHMARKS.md
+training on a 2-core CPU by 1.15x with no measured gain in accuracy on three tasks (BENCHMARKS.md
 "finetune-dropout"). The adapter is trained on the minimal prompt by default (the input alone:
 the instructions and label list are baked into the weights), which the measurements in
 BENCHMARKS.md ("finetune-prompt") chose over the full prompt.
