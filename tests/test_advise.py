@@ -140,6 +140,16 @@ def test_refuses_a_rung_whose_gain_over_a_failing_rung_is_not_significant() -> N
     assert _judge(rungs, economics={"daily_volume": 1000}).recommended == "few_shot"
 
 
+def test_no_retrieval_step_when_the_answers_are_in_the_input() -> None:
+    rung = _rung("few_shot", 0.65)
+    rung.failures = {"behaviour": 1, "knowledge": 20, "knowledge_retrieved": 0, "knowledge_not_retrieved": 0,
+                     "knowledge_in_input": 0}
+    assert any("add the rag rung" in s for s in _judge([rung]).next_steps)
+    rung.failures["knowledge_in_input"] = 20  # extraction misses: the values were in the request
+    steps = _judge([rung]).next_steps
+    assert not any("rag rung" in s for s in steps) and any("retrieval cannot fix" in s for s in steps)
+
+
 def test_a_significant_loss_is_not_a_gain() -> None:
     rungs = [_rung("zero_shot", 0.80), _rung("few_shot", 0.86, vs=("zero_shot", -0.05, 0.001, True))]
     assert _judge(rungs).recommended is None

@@ -197,7 +197,10 @@ def explain_none(
         steps.append(f"{1 - valid:.0%} of {best.rung}'s answers were not in a valid format: tighten the instructions, add "
                      "demos, or fine-tune for the format")
     wrong_valid = sum(1 for sc, ok in zip(r.scores, r.valid, strict=False) if ok and sc < 1)
-    if not any(s.kind.retrieves for s in statuses) and (factors.knowledge_change in ("fast", "slow") or wrong_valid > 0):
+    # Wrong answers whose expected values are in the input are misreadings; documents would not help.
+    extraction = bool(r.failures) and 2 * r.failures.get("knowledge_in_input", 0) > r.failures.get("knowledge", 0)
+    if (not extraction and not any(s.kind.retrieves for s in statuses)
+            and (factors.knowledge_change in ("fast", "slow") or wrong_valid > 0)):
         if untried_retrieval:
             steps.append(f"if the failures are missing knowledge, climb {', '.join(untried_retrieval)} (in rungs.order, "
                          "not measured in this run)")
