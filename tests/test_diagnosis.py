@@ -86,3 +86,18 @@ def test_the_ladder_report_and_verdict_carry_the_counts(tmp_path: Path) -> None:
     assert data["rungs"][0]["failures"]["knowledge"] == wrong
     md = render_markdown(data)
     assert f"| 0 / {wrong} |" in md and "Failures (behaviour = wrong format" in md
+
+
+def test_only_free_text_answers_count_as_in_the_input(tmp_path: Path) -> None:
+    from helpers import write_jsonl
+
+    # every input names its own answer; the script answers "billing" to all of them
+    rows = [{"input": f"ticket {i}: my {w} needs help", "output": w} for i in range(8) for w in ("account", "bug")]
+    write_jsonl(tmp_path / "data.jsonl", rows)
+    data = {"path": "data.jsonl", "test_fraction": 0.5, "seed": 1}
+    labelled = climb(load_task(write_task(tmp_path, data)), rungs=["zero_shot"])
+    f = labelled.rungs[0].failures
+    assert f["knowledge"] > 0 and f["knowledge_in_input"] == 0  # a label that is a word of the input: no extraction
+    free = climb(load_task(write_task(tmp_path, data, labels=None, metric="exact_match")), rungs=["zero_shot"])
+    f = free.rungs[0].failures
+    assert f["knowledge"] > 0 and f["knowledge_in_input"] == f["knowledge"]

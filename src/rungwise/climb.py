@@ -351,7 +351,8 @@ def _climb_rungs(plan: _Plan, store: Store, reporter: Reporter, backend: Backend
             gen_seconds = float(store.rung(rung_id)["gen_seconds"])
             result = _rung_result(rung, rows, scoreset, task, gen_seconds, prepared)
             traces = [json.loads(r["trace_json"] or "{}") for r in rows]
-            result.failures = diagnose(scoreset, traces, test).as_dict()
+            # A label that happens to be a word of the input is no extraction: only free-text answers count.
+            result.failures = diagnose(scoreset, traces, None if task.labels else test).as_dict()
             result.id = rung_id
             if prev is not None:
                 result.comparison = paired_test(scoreset, prev[1], a_name=name, b_name=prev[0], seed=task.data.seed)

@@ -235,7 +235,7 @@ def explain_failures(results: Sequence[RungResult], *, labels: bool = False) -> 
         if traced:
             line += (f"; of those, the gold passage was not retrieved for {f['knowledge_not_retrieved']} and "
                      f"retrieved but misread for {f['knowledge_retrieved']}")
-        elif f.get("knowledge_in_input") and not labels:
+        elif f.get("knowledge_in_input"):
             line += f"; the expected answer is in the input for {f['knowledge_in_input']} of those"
         if prev is not None and prev.failures:
             db = prev.failures["behaviour"] - f["behaviour"]

@@ -85,7 +85,8 @@ def _text_values(answer: Any) -> Iterator[str]:
 
 
 def answer_in_input(example: Example) -> bool:
-    """Whether the expected answer is mostly spans of the input: at least half of its text values
+    """Whether the expected answer is mostly spans of the input (asked of free-text tasks only: a label
+    that is a word of the input is no extraction): at least half of its text values
     (the string leaves of a JSON answer, or the answer itself) occur in the input, ignoring case
     and spacing. A plain answer without a letter never counts (a number in a word problem is
     rarely its answer)."""
