@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _md import machine, today, write_section  # noqa: E402
+from _md import write_section  # noqa: E402
 from banking77_ladder import evaluate  # noqa: E402  (accuracy with CI, valid rate, prompt tokens)
-from finetune_prompt import TASK_NOTES, _with_finetune, task_for  # noqa: E402
+from finetune_prompt import TASK_NOTES, _with_finetune, add_run_arguments, open_results, task_for  # noqa: E402
 
 from rungwise.prompting import PromptTemplate  # noqa: E402
 from rungwise.train.data import system_prompt_for  # noqa: E402
@@ -81,20 +81,9 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--speed-steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--banking77-train", type=int, default=385, help="stratified train subset (5 per label)")
-    ap.add_argument("--snips-train", type=int, default=350, help="stratified train subset (50 per intent)")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/rungwise-ft-dropout"))
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: on a shared machine a second thread mostly waits for a busy core)")
-    ap.add_argument("--no-write", action="store_true")
+    add_run_arguments(ap, "/tmp/rungwise-ft-dropout")
     args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    args.work.mkdir(parents=True, exist_ok=True)
-    cache_file = args.work / "results.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    cache.setdefault("_meta", {"date": today(), "machine": machine(), "load_start": f"{os.getloadavg()[0]:.1f}"})
+    cache_file, cache = open_results(args)
     todo = [f"{n}/{d}" for n in args.tasks for d in DROPOUTS if f"{n}/{d}" not in cache]
     if not args.skip_speed and "speed" not in cache:
         cache["speed"] = speed(args)

@@ -145,16 +145,18 @@ def run_one(name: str, shape: str, args: argparse.Namespace, cache: dict) -> dic
     return cache[key]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", nargs="+", choices=["sample", "banking77", "snips"], default=["sample", "snips", "banking77"])
+def add_run_arguments(ap: argparse.ArgumentParser, work: str) -> None:
+    """The options this script shares with bench/finetune_dropout.py: task sizes, work folder, threads."""
     ap.add_argument("--banking77-train", type=int, default=385, help="stratified train subset (5 per label)")
     ap.add_argument("--snips-train", type=int, default=350, help="stratified train subset (50 per intent)")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/rungwise-ft-prompt"))
+    ap.add_argument("--work", type=Path, default=Path(work))
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on a shared machine a second thread mostly waits for a busy core)")
     ap.add_argument("--no-write", action="store_true")
-    args = ap.parse_args()
+
+
+def open_results(args: argparse.Namespace) -> tuple[Path, dict]:
+    """Set torch's threads and read the work folder's results cache (new: with the date, machine and load)."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -163,6 +165,15 @@ def main() -> None:
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     cache.setdefault("_meta", {"date": today(), "machine": machine(), "started": time.time(),
                                "load_start": f"{os.getloadavg()[0]:.1f}"})
+    return cache_file, cache
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", choices=["sample", "banking77", "snips"], default=["sample", "snips", "banking77"])
+    add_run_arguments(ap, "/tmp/rungwise-ft-prompt")
+    args = ap.parse_args()
+    cache_file, cache = open_results(args)
     for name in args.tasks:
         for shape in SHAPES:
             run_one(name, shape, args, cache)
