@@ -131,8 +131,8 @@ PEFT puts a dropout module in front of every adapted layer: 210 random masks per
 |---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Tasks: {"; ".join(TASK_NOTES[n].format(args=args) for n in tasks)}; trained on the minimal prompt and scored with it
-(the test n column: BANKING77's task file now caps its test split at 100). LoRA r=16, alpha 32, all linear layers.
+Tasks: {"; ".join(TASK_NOTES[n].format(args=args) for n in tasks)}; trained on the minimal prompt and scored with it.
+LoRA r=16, alpha 32, all linear layers.
 Training minutes are wall time with another benchmark process on the machine's other core.
 """
 

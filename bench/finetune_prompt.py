@@ -12,7 +12,7 @@ Tasks (the data stays in ../shared/datasets; nothing is copied into the reposito
 
 - ``sample``: the sample task (``rungwise init``'s ticket-routing template: 212 examples, 4 labels,
   25% test), with its own fine-tune settings (3 epochs, batch 8, lr 4e-4).
-- ``banking77``: ``benchmarks/banking77/task.yaml`` (77 labels; the fixed 200-example test subset),
+- ``banking77``: ``benchmarks/banking77/task.yaml`` (77 labels; the task file's fixed 100-example test slice),
   trained on a stratified subset of the train split (``--banking77-train``; CPU time) for 3
   epochs; ``max_length`` 1024, since the full prompt alone is about 600 tokens.
 - ``snips``: SNIPS intent classification (7 intents): ``--snips-train`` examples of the train files
@@ -53,7 +53,7 @@ SHAPES = ("minimal", "full")
 TASK_NOTES = {
     "sample": "the sample task (212 examples, 25% test, its own settings: 3 epochs, batch 8, lr 4e-4)",
     "banking77": "BANKING77 (`benchmarks/banking77/task.yaml`, a {args.banking77_train}-example stratified subset of the "
-    "train split, 3 epochs, lr 4e-4, max_length 1024; the fixed 200 test examples)",
+    "train split, 3 epochs, lr 4e-4, max_length 1024; the task file's fixed 100 test examples)",
     "snips": "SNIPS intents (a {args.snips_train}-example stratified sample of the train files, 3 epochs, lr 4e-4; 30 "
     "validate examples per intent)",
 }
