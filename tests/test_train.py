@@ -4,6 +4,7 @@ early stopping, artifacts, and the tuned backend."""
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -139,11 +140,18 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny: Path, tmp_path: Path)
 
     with pytest.raises(KeyboardInterrupt):
         finetune(task, data, tmp_path / "b", system_prompt="", progress=False, on_step=stop_at_3)
-    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    state_file = tmp_path / "b" / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
     assert state["step"] == 3 and not (tmp_path / "b" / "result.json").exists()
+    # The training time counts the interrupted invocation too (what the training cost): pretend it
+    # took 1000 s; the checkpoint alone says so.
+    assert state["wall_time"] >= state["train_time"] > 0
+    state_file.write_text(json.dumps({**state, "wall_time": 1000.0}))
+    t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         resumed = finetune(task, data, tmp_path / "b", system_prompt="", progress=False)
+    assert 1000.0 < resumed.train_seconds <= 1000.0 + time.perf_counter() - t0
     # Neither torch's "lr_scheduler.step() before optimizer.step()" nor a deprecated transformers alias.
     assert not [str(w.message) for w in caught if issubclass(w.category, (UserWarning, FutureWarning, DeprecationWarning))]
     assert resumed.resumed_from_step == 3 and resumed.steps == 6
