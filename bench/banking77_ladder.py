@@ -4,14 +4,17 @@ Trains LoRA on the banking77 train split (a stratified subset when ``--max-train
 a CPU run must fit in about an hour), then scores the tuned model on the fixed 200-example test
 subset of ``benchmarks/banking77/task.yaml`` (accuracy, bootstrap 95% CI), twice: with the
 minimal prompt it was trained with (the user's text alone), and with the task's full prompt
-(instructions + the 77 labels). Writes the ``banking77-ladder`` section of BENCHMARKS.md.
+(instructions + the 77 labels); ``--choice`` adds the minimal prompt with the answer constrained to
+the labels. Writes the ``banking77-ladder`` section of BENCHMARKS.md; ``--also DIR...`` adds the
+cached scores of other runs (``--method full``, other epochs) as rows of its table.
 Zero-shot and few-shot rows of the same table come from ``rungwise climb`` on the same task
 file; this script writes only what it measured.
 
 The data is read from ../shared/datasets/banking77 (never copied into the repository). The run
 resumes from its last checkpoint when restarted with the same arguments.
 
-    nohup python bench/banking77_ladder.py --epochs 1 --lr 4e-4 > /tmp/b77.log 2>&1 &   # ~100 min on 2 CPU cores
+    nohup python bench/banking77_ladder.py --epochs 2 --lr 4e-4 --batch-size 16 --eval-every 100 --choice \\
+        > /tmp/b77.log 2>&1 &   # ~100 min of training on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,10 +73,15 @@ def banking77_task(overrides: dict, max_test: int = 200) -> object:
     return task
 
 
-def evaluate(backend, task, test, template: PromptTemplate) -> dict:
+def evaluate(backend, task, test, template: PromptTemplate, constrain: bool = False) -> dict:
+    """Accuracy with CI, valid rate and prompt tokens; ``constrain``: the answer is the most likely
+    of the task's labels (the constrained rung's choice constraint) instead of free generation."""
     metric = get_metric(task.metric, task.labels, task.base_dir)
+    params = task.model.params.to_params()
+    if constrain:
+        params = replace(params, constraint=metric.constraint())
     t0 = time.perf_counter()
-    comps = backend.generate([template.for_example(ex) for ex in test], task.model.params.to_params())
+    comps = backend.generate([template.for_example(ex) for ex in test], params)
     secs = time.perf_counter() - t0
     scores = metric.score([c.text for c in comps], test)
     ci = bootstrap_ci(scores, seed=0)
@@ -127,11 +136,43 @@ def partial_run(task, ft_dir: Path, train) -> tuple:
 def _forgetting_line(fg: dict | None) -> str:
     if not fg:
         return ""
-    return (
-        f"\nForgetting check (MMLU, {fg['n']} seeded questions, choice log-likelihood): base {fg['base_acc']:.1%}, "
-        f"tuned {fg['tuned_acc']:.1%}, delta {fg['delta_points']:+.1f} points [{fg['ci_low']:+.1f}, {fg['ci_high']:+.1f}] "
-        f"(McNemar p={fg['p_value']:.2g}){'; WARNING: beyond the 2-point threshold' if fg['warning'] else ''}.\n"
-    )
+    from rungwise.train.forgetting import ForgettingResult
+
+    result = ForgettingResult(**{k: v for k, v in fg.items() if k != "seconds"})
+    took = f", {fg['seconds'] / 60:.1f} min" if "seconds" in fg else ""
+    return f"\nForgetting check (MMLU, seeded questions, choice log-likelihood{took}): {result.summary()}.\n"
+
+
+def _choice_row(label: str, choice: dict | None, free: dict) -> str:
+    if not choice:
+        return ""
+    slower = choice["eval_seconds"] / free["eval_seconds"]
+    return (f"| {label} | minimal, answer constrained to the labels (likelihood; {slower:.1f}x the scoring time) | "
+            f"{choice['accuracy']:.1%} | {choice['ci_low']:.1%} - {choice['ci_high']:.1%} | {choice['mean_prompt_tokens']:.0f} |\n")
+
+
+def _tuned_label(train: dict) -> str:
+    """A fine-tune's row name: method, epochs and learning rate (what the runs of this script vary)."""
+    hp = train["hyperparameters"]
+    what = f"LoRA (r={hp['r']}, all linear)" if hp["method"] == "lora" else "full fine-tune"
+    return f"{what}, {train['epochs_run']:g} epochs, lr {hp['learning_rate']:g}"
+
+
+def _other_runs(dirs: list[Path], n_test: int) -> tuple[str, str]:
+    """Table rows and training lines for other runs of this script (``--also``), from their
+    evaluation caches: only runs scored on the same test examples."""
+    rows, lines = "", ""
+    for d in dirs:
+        run = json.loads((d / "banking77_ladder.json").read_text())
+        if run["n_test"] != n_test:
+            raise SystemExit(f"{d}: scored on {run['n_test']} test examples, not {n_test}; rerun it with --max-test {n_test}")
+        t, m = run["train"], run["minimal"]
+        rows += (f"| {_tuned_label(t)} | minimal (as trained) | {m['accuracy']:.1%} | {m['ci_low']:.1%} - "
+                 f"{m['ci_high']:.1%} | {m['mean_prompt_tokens']:.0f} |\n")
+        lines += (f"- {_tuned_label(t)} ({run['date']}): {t['steps']} steps, batch {t['hyperparameters']['batch_size']}, "
+                  f"{t['train_seconds'] / 60:.0f} min wall, best validation loss {t['best_val_loss']:.4f} at step "
+                  f"{t['best_step']}.\n")
+    return rows, lines
 
 
 def _prompting_rows() -> str:
@@ -148,20 +189,27 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--method", choices=["lora", "full"], default="lora", help="the finetune rung's method")
     ap.add_argument("--eval-every", type=int, default=150, help="validation (and checkpoint) interval in steps")
     ap.add_argument("--work", type=Path, default=Path("/tmp/rungwise-banking77"))
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
     ap.add_argument("--no-forgetting", action="store_true", help="skip the MMLU forgetting check")
     ap.add_argument("--max-test", type=int, default=200, help="test examples of the fixed subset (200: the figures' basis)")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test examples (a quick check)")
+    ap.add_argument("--choice", action="store_true",
+                    help="also score the minimal prompt with the answer constrained to the 77 labels (likelihood; slower)")
+    ap.add_argument("--also", type=Path, nargs="*", default=[],
+                    help="--work directories of other runs of this script to show in the table (their cached scores)")
     ap.add_argument(
         "--partial",
         action="store_true",
         help="do not train: evaluate the best validated weights of an interrupted run (its checkpoint)",
     )
     args = ap.parse_args()
+    if args.partial and args.method != "lora":
+        raise SystemExit("--partial reads a LoRA run's checkpoint; a full fine-tune resumes with the same command")
 
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "eval_every": args.eval_every,
+    overrides = {"method": args.method, "epochs": args.epochs, "batch_size": args.batch_size, "eval_every": args.eval_every,
                  "prompt": "minimal", "budget_minutes": None}
     if args.lr:
         overrides["learning_rate"] = args.lr
@@ -203,6 +251,10 @@ def main() -> None:
     print("minimal prompt", minimal, flush=True)
     full = prev.get("full") or evaluate(backend, task, test, PromptTemplate(system_prompt(task.instructions, task.labels)))
     print("full prompt", full, flush=True)
+    choice = prev.get("minimal_choice")
+    if choice is None and args.choice:
+        choice = evaluate(backend, task, test, PromptTemplate(""), constrain=True)
+        print("minimal prompt, choice of the labels", choice, flush=True)
     forgetting = prev.get("forgetting")
     if forgetting is None and not args.no_forgetting:
         from rungwise.backends.local import LocalBackend
@@ -212,7 +264,7 @@ def main() -> None:
         fg = forgetting_check(LocalBackend.from_spec(task.model), backend, probe="mmlu", n=200, seed=0)
         forgetting = {**fg.to_dict(), "seconds": time.perf_counter() - t1}
         print(fg.summary(), flush=True)
-    out = {"train": res.to_dict(), "n_test": len(test), "minimal": minimal, "full": full, "forgetting": forgetting,
+    out = {"train": res.to_dict(), "n_test": len(test), "minimal": minimal, "full": full, "minimal_choice": choice, "forgetting": forgetting,
            "machine": prev.get("machine") or machine(), "date": prev.get("date") or today()}
     cache.write_text(json.dumps(out, indent=1))
     if args.no_write:
@@ -225,28 +277,32 @@ def main() -> None:
         if args.partial
         else ""
     )
+    import torch
+
     kept = _prompting_rows()
+    other_rows, other_lines = _other_runs(args.also, len(test))
+    label = _tuned_label(out["train"])
     body = f"""## banking77-ladder: LoRA on BANKING77 with the embedded 135M model
 
 Measured {out['date']} on {out['machine']} (no GPU; 2 cores shared with other jobs; this CPU has no native bf16, so
-training ran in fp32, one torch thread). `python bench/banking77_ladder.py --epochs {args.epochs:g}{' --lr ' + format(args.lr, 'g') if args.lr else ''} --batch-size {args.batch_size} --eval-every {args.eval_every}{' --max-train ' + str(args.max_train) if args.max_train else ''}{' --partial' if args.partial else ''}`
+training ran in fp32; torch threads {torch.get_num_threads()} in the invocation that finished it). `python bench/banking77_ladder.py{' --method ' + args.method if args.method != 'lora' else ''} --epochs {args.epochs:g}{' --lr ' + format(args.lr, 'g') if args.lr else ''} --batch-size {args.batch_size} --eval-every {args.eval_every}{' --max-train ' + str(args.max_train) if args.max_train else ''}{' --partial' if args.partial else ''}{' --choice' if args.choice else ''}{' --also ' + ' '.join(map(str, args.also)) if args.also else ''}`
 
 Task `benchmarks/banking77/task.yaml`: 77 intents, test = the fixed {len(test)}-example stratified subset of the
-official test split; accuracy with a bootstrap 95% CI (1000 resamples). The LoRA rung trains on
+official test split; accuracy with a bootstrap 95% CI (1000 resamples). The fine-tune trains on
 {res.n_train} examples of the train split ({'stratified subset of ' + str(len(split.train)) if len(train) < len(split.train) else 'all of it'}, minus a
 {res.n_val}-example validation slice for early stopping), on the minimal prompt (`rungs.finetune.prompt: minimal`, the default).
 
 | rung | prompt | test accuracy | 95% CI | prompt tokens / call |
 |---|---|---|---|---|
-{kept}| LoRA (r={hp['r']}, all linear) | minimal (as trained) | **{minimal['accuracy']:.1%}** | {minimal['ci_low']:.1%} - {minimal['ci_high']:.1%} | {minimal['mean_prompt_tokens']:.0f} |
-| LoRA (r={hp['r']}, all linear) | full (instructions + 77 labels; not trained on) | {full['accuracy']:.1%} | {full['ci_low']:.1%} - {full['ci_high']:.1%} | {full['mean_prompt_tokens']:.0f} |
-
+{kept}| {label} | minimal (as trained) | **{minimal['accuracy']:.1%}** | {minimal['ci_low']:.1%} - {minimal['ci_high']:.1%} | {minimal['mean_prompt_tokens']:.0f} |
+| {label} | full (instructions + 77 labels; not trained on) | {full['accuracy']:.1%} | {full['ci_low']:.1%} - {full['ci_high']:.1%} | {full['mean_prompt_tokens']:.0f} |
+{_choice_row(label, choice, minimal)}{other_rows}
 Training: {res.steps} steps ({res.epochs_run:g} epochs{partial_note}, batch {hp['batch_size']}, lr {hp['learning_rate']:g}, {res.compute_dtype}),
 {res.train_tokens:,} example tokens ({res.computed_tokens:,} computed: the shared system turn once per batch),
 {res.train_seconds / 60:.1f} min {'of training steps' if args.partial else 'wall'} on this CPU ({res.tokens_per_s:.0f} example tokens/s in the training
-steps, under the load of other jobs; the plan estimated {(res.estimated_seconds or 0) / 60:.0f} min before it started), best validation
+steps, under the load of other jobs; the plan estimated {(res.estimated_seconds or 0) / 60:.0f} min {'for the steps left when step ' + str(res.resumed_from_step) + ' resumed' if res.resumed_from_step else 'before it started'}), best validation
 loss {res.best_val_loss if res.best_val_loss is None else round(res.best_val_loss, 4)} at step {res.best_step}{' (stopped early)' if res.stopped_early else ''}.
-Goal (issue 11): >= 90% test accuracy; a TF-IDF + logistic-regression baseline reaches 88.5% on the same 200 examples.
+{'Other runs in the table (`--also`):' + chr(10) + other_lines if other_lines else ''}Goal (issue 11): >= 90% test accuracy; a TF-IDF + logistic-regression baseline reaches 88.5% on the same 200 examples.
 {_forgetting_line(forgetting)}"""
     write_section("banking77-ladder", body)
 
