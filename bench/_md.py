@@ -50,6 +50,13 @@ def today() -> str:
     return _dt.date.today().isoformat()
 
 
+def read_section(name: str) -> str:
+    """The body of the section ``name`` in BENCHMARKS.md ("" when there is none)."""
+    text = MD.read_text() if MD.exists() else ""
+    m = re.search(re.escape(f"<!-- bench:{name} -->") + r"(.*?)" + re.escape(f"<!-- /bench:{name} -->"), text, re.S)
+    return m.group(1) if m else ""
+
+
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section ``name`` in BENCHMARKS.md."""
     text = MD.read_text() if MD.exists() else HEADER

@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _md import ROOT, SHARED, machine, today, write_section  # noqa: E402
+from _md import ROOT, SHARED, machine, read_section, today, write_section  # noqa: E402
 
 from rungwise.config.task import load_task, task_from_dict  # noqa: E402
 from rungwise.data.dataset import load_split  # noqa: E402
@@ -155,7 +155,7 @@ def _tuned_label(train: dict) -> str:
     """A fine-tune's row name: method, epochs and learning rate (what the runs of this script vary)."""
     hp = train["hyperparameters"]
     what = f"LoRA (r={hp['r']}, all linear)" if hp["method"] == "lora" else "full fine-tune"
-    return f"{what}, {train['epochs_run']:g} epochs, lr {hp['learning_rate']:g}"
+    return f"{what}, {train['epochs_run']:g} epoch{'' if train['epochs_run'] == 1 else 's'}, lr {hp['learning_rate']:g}"
 
 
 def _other_runs(dirs: list[Path], n_test: int) -> tuple[str, str]:
@@ -169,18 +169,23 @@ def _other_runs(dirs: list[Path], n_test: int) -> tuple[str, str]:
         t, m = run["train"], run["minimal"]
         rows += (f"| {_tuned_label(t)} | minimal (as trained) | {m['accuracy']:.1%} | {m['ci_low']:.1%} - "
                  f"{m['ci_high']:.1%} | {m['mean_prompt_tokens']:.0f} |\n")
-        lines += (f"- {_tuned_label(t)} ({run['date']}): {t['steps']} steps, batch {t['hyperparameters']['batch_size']}, "
-                  f"{t['train_seconds'] / 60:.0f} min wall, best validation loss {t['best_val_loss']:.4f} at step "
-                  f"{t['best_step']}.\n")
+        hp = t["hyperparameters"]
+        flags = f"--method {hp['method']} --epochs {hp['epochs']:g} --lr {hp['learning_rate']:g} --batch-size {hp['batch_size']}"
+        lines += (f"- {_tuned_label(t)} ({run['date']}, `{flags}`): {t['steps']} steps, {t['train_seconds'] / 60:.0f} min "
+                  f"wall, best validation loss {t['best_val_loss']:.4f} at step {t['best_step']}.\n")
     return rows, lines
 
 
-def _prompting_rows() -> str:
-    """The zero-shot / few-shot rows of the current section (measured by `rungwise climb`, not by this script)."""
-    md = ROOT / "BENCHMARKS.md"
-    text = md.read_text() if md.exists() else ""
-    rows = [line for line in text.splitlines() if line.startswith(("| zero_shot", "| few_shot"))]
-    return "".join(row + "\n" for row in rows)
+def _prompting_rows() -> tuple[str, str]:
+    """The zero-shot / few-shot rows of this section and the paragraph saying where they come from
+    (measured by `rungwise climb`, not by this script, so kept from the section as it stands)."""
+    lines = read_section("banking77-ladder").splitlines()
+    rows = "".join(line + "\n" for line in lines if line.startswith(("| zero_shot", "| few_shot")))
+    source, keep = "", False
+    for line in lines:
+        keep = (keep or line.startswith("The zero_shot and few_shot rows")) and not line.startswith("Task `")
+        source += line + "\n" if keep else ""
+    return rows, source
 
 
 def main() -> None:
@@ -279,7 +284,7 @@ def main() -> None:
     )
     import torch
 
-    kept = _prompting_rows()
+    kept, kept_source = _prompting_rows()
     other_rows, other_lines = _other_runs(args.also, len(test))
     label = _tuned_label(out["train"])
     body = f"""## banking77-ladder: LoRA on BANKING77 with the embedded 135M model
@@ -287,7 +292,7 @@ def main() -> None:
 Measured {out['date']} on {out['machine']} (no GPU; 2 cores shared with other jobs; this CPU has no native bf16, so
 training ran in fp32; torch threads {torch.get_num_threads()} in the invocation that finished it). `python bench/banking77_ladder.py{' --method ' + args.method if args.method != 'lora' else ''} --epochs {args.epochs:g}{' --lr ' + format(args.lr, 'g') if args.lr else ''} --batch-size {args.batch_size} --eval-every {args.eval_every}{' --max-train ' + str(args.max_train) if args.max_train else ''}{' --partial' if args.partial else ''}{' --choice' if args.choice else ''}{' --also ' + ' '.join(map(str, args.also)) if args.also else ''}`
 
-Task `benchmarks/banking77/task.yaml`: 77 intents, test = the fixed {len(test)}-example stratified subset of the
+{kept_source}Task `benchmarks/banking77/task.yaml`: 77 intents, test = the fixed {len(test)}-example stratified subset of the
 official test split; accuracy with a bootstrap 95% CI (1000 resamples). The fine-tune trains on
 {res.n_train} examples of the train split ({'stratified subset of ' + str(len(split.train)) if len(train) < len(split.train) else 'all of it'}, minus a
 {res.n_val}-example validation slice for early stopping), on the minimal prompt (`rungs.finetune.prompt: minimal`, the default).
