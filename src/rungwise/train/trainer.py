@@ -336,7 +336,7 @@ def _make_loss_module(model: Any) -> Any:
     try:
         decoder = inner.get_decoder()
         head = inner.get_output_embeddings()
-    except (AttributeError, NotImplementedError):
+    except (AttributeError, NotImplementedError):  # an architecture without them: the plain path below
         decoder = head = None
     if decoder is None or head is None:
         plain = True
@@ -558,8 +558,8 @@ class _Run:
     save_every: int
     state: TrainState
     resumed_from: int | None
+    # perf_counter() at the start; a resumed run's start is moved back by its earlier invocations' wall time.
     t_start: float
-    wall_before: float = 0.0  # the wall time of earlier invocations, when resumed
     rng: dict[str, Any] = field(default_factory=dict)
     _epochs: dict[int, list[Step]] = field(default_factory=dict)
 
@@ -674,8 +674,8 @@ def _resume(run: _Run, ckpt: Path) -> dict[str, Any] | None:
         run.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=run.device, weights_only=True))
     run.state = TrainState.from_dict(saved)
     run.resumed_from = run.state.step
-    # A checkpoint written before wall_time was recorded: its time in the steps, a lower bound.
-    run.wall_before = run.state.wall_time or run.state.train_time
+    # A checkpoint written before wall_time was recorded counts its time in the steps, a lower bound.
+    run.t_start -= run.state.wall_time or run.state.train_time
     rng_file = ckpt / f"rng_{run.rank}.pt"
     return torch.load(rng_file, weights_only=True) if rng_file.exists() else None
 
@@ -1066,11 +1066,6 @@ def _keep_best(run: _Run, val_loss: float) -> None:
     state.stopped_early = bool(patience and state.bad_evals >= patience)
 
 
-def _wall_seconds(run: _Run) -> float:
-    """Wall time of the whole run so far: earlier invocations (resumed) plus this one."""
-    return run.wall_before + time.perf_counter() - run.t_start
-
-
 def _save_checkpoint(run: _Run) -> None:
     """Write a resume checkpoint; every rank writes its RNG state (and under FSDP2 its slices of
     the trainable weights and optimizer state)."""
@@ -1085,7 +1080,7 @@ def _save_checkpoint(run: _Run) -> None:
             st.save_file(_trainable_state(run.model), str(tmp / "trainable.safetensors"))
             torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
         if run.is_main:
-            run.state.wall_time = _wall_seconds(run)
+            run.state.wall_time = time.perf_counter() - run.t_start
             (tmp / "state.json").write_text(json.dumps(asdict(run.state), indent=2))
 
     _write_dir(run, run.out_dir / CHECKPOINT_DIR, write)
@@ -1153,7 +1148,7 @@ def _finish(run: _Run, plan: TrainingPlan) -> FinetuneResult:
         best_step=state.best_step,
         best_val_loss=state.best_val_loss,
         final_train_loss=state.history[-1]["train_loss"] if state.history else None,
-        train_seconds=round(_wall_seconds(run), 3),
+        train_seconds=round(time.perf_counter() - run.t_start, 3),
         tokens_per_s=round(state.train_tokens / max(state.train_time, 1e-9), 2),
         peak_mem_mb=round(peak, 1),
         peak_mem_kind=kind,
