@@ -50,18 +50,22 @@ def today() -> str:
     return _dt.date.today().isoformat()
 
 
+def _markers(name: str) -> tuple[str, str, re.Pattern[str]]:
+    """The start and end markers of the section ``name`` and the pattern of the whole section (body as group 1)."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    return start, end, re.compile(re.escape(start) + r"(.*?)" + re.escape(end), re.S)
+
+
 def read_section(name: str) -> str:
     """The body of the section ``name`` in BENCHMARKS.md ("" when there is none)."""
-    text = MD.read_text() if MD.exists() else ""
-    m = re.search(re.escape(f"<!-- bench:{name} -->") + r"(.*?)" + re.escape(f"<!-- /bench:{name} -->"), text, re.S)
+    m = _markers(name)[2].search(MD.read_text() if MD.exists() else "")
     return m.group(1) if m else ""
 
 
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section ``name`` in BENCHMARKS.md."""
     text = MD.read_text() if MD.exists() else HEADER
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    start, end, pat = _markers(name)
     block = f"{start}\n{body.rstrip()}\n{end}"
-    pat = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pat.sub(lambda _m: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
     MD.write_text(text)

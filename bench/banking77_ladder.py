@@ -143,12 +143,18 @@ def _forgetting_line(fg: dict | None) -> str:
     return f"\nForgetting check (MMLU, seeded questions, choice log-likelihood{took}): {result.summary()}.\n"
 
 
+def _row(label: str, prompt: str, scored: dict, bold: bool = False) -> str:
+    """One row of the table: a tuned model asked with one prompt, as ``evaluate`` scored it."""
+    acc = f"**{scored['accuracy']:.1%}**" if bold else f"{scored['accuracy']:.1%}"
+    return (f"| {label} | {prompt} | {acc} | {scored['ci_low']:.1%} - {scored['ci_high']:.1%} | "
+            f"{scored['mean_prompt_tokens']:.0f} |\n")
+
+
 def _choice_row(label: str, choice: dict | None, free: dict) -> str:
     if not choice:
         return ""
     slower = choice["eval_seconds"] / free["eval_seconds"]
-    return (f"| {label} | minimal, answer constrained to the labels (likelihood; {slower:.1f}x the scoring time) | "
-            f"{choice['accuracy']:.1%} | {choice['ci_low']:.1%} - {choice['ci_high']:.1%} | {choice['mean_prompt_tokens']:.0f} |\n")
+    return _row(label, f"minimal, answer constrained to the labels (likelihood; {slower:.1f}x the scoring time)", choice)
 
 
 def _tuned_label(train: dict) -> str:
@@ -166,9 +172,8 @@ def _other_runs(dirs: list[Path], n_test: int) -> tuple[str, str]:
         run = json.loads((d / "banking77_ladder.json").read_text())
         if run["n_test"] != n_test:
             raise SystemExit(f"{d}: scored on {run['n_test']} test examples, not {n_test}; rerun it with --max-test {n_test}")
-        t, m = run["train"], run["minimal"]
-        rows += (f"| {_tuned_label(t)} | minimal (as trained) | {m['accuracy']:.1%} | {m['ci_low']:.1%} - "
-                 f"{m['ci_high']:.1%} | {m['mean_prompt_tokens']:.0f} |\n")
+        t = run["train"]
+        rows += _row(_tuned_label(t), "minimal (as trained)", run["minimal"])
         hp = t["hyperparameters"]
         flags = f"--method {hp['method']} --epochs {hp['epochs']:g} --lr {hp['learning_rate']:g} --batch-size {hp['batch_size']}"
         lines += (f"- {_tuned_label(t)} ({run['date']}, `{flags}`): {t['steps']} steps, {t['train_seconds'] / 60:.0f} min "
@@ -299,9 +304,7 @@ official test split; accuracy with a bootstrap 95% CI (1000 resamples). The fine
 
 | rung | prompt | test accuracy | 95% CI | prompt tokens / call |
 |---|---|---|---|---|
-{kept}| {label} | minimal (as trained) | **{minimal['accuracy']:.1%}** | {minimal['ci_low']:.1%} - {minimal['ci_high']:.1%} | {minimal['mean_prompt_tokens']:.0f} |
-| {label} | full (instructions + 77 labels; not trained on) | {full['accuracy']:.1%} | {full['ci_low']:.1%} - {full['ci_high']:.1%} | {full['mean_prompt_tokens']:.0f} |
-{_choice_row(label, choice, minimal)}{other_rows}
+{kept}{_row(label, "minimal (as trained)", minimal, bold=True)}{_row(label, "full (instructions + 77 labels; not trained on)", full)}{_choice_row(label, choice, minimal)}{other_rows}
 Training: {res.steps} steps ({res.epochs_run:g} epochs{partial_note}, batch {hp['batch_size']}, lr {hp['learning_rate']:g}, {res.compute_dtype}),
 {res.train_tokens:,} example tokens ({res.computed_tokens:,} computed: the shared system turn once per batch),
 {res.train_seconds / 60:.1f} min {'of training steps' if args.partial else 'wall'} on this CPU ({res.tokens_per_s:.0f} example tokens/s in the training

@@ -84,13 +84,12 @@ def main() -> None:
     add_run_arguments(ap, "/tmp/rungwise-ft-dropout")
     args = ap.parse_args()
     cache_file, cache = open_results(args)
-    todo = [f"{n}/{d}" for n in args.tasks for d in DROPOUTS if f"{n}/{d}" not in cache]
+    todo = [(n, d) for n in args.tasks for d in DROPOUTS if f"{n}/{d}" not in cache]
     if not args.skip_speed and "speed" not in cache:
         cache["speed"] = speed(args)
         cache_file.write_text(json.dumps(cache, indent=1))
-    for key in todo:
-        name, d = key.split("/")
-        cache[key] = accuracy(name, float(d), args)
+    for name, d in todo:
+        cache[f"{name}/{d}"] = accuracy(name, d, args)
         cache_file.write_text(json.dumps(cache, indent=1))
     if todo:
         cache["_meta"]["load_end"] = f"{os.getloadavg()[0]:.1f}"
