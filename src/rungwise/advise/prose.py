@@ -198,7 +198,7 @@ def explain_none(
                      "demos, or fine-tune for the format")
     wrong_valid = sum(1 for sc, ok in zip(r.scores, r.valid, strict=False) if ok and sc < 1)
     # Wrong answers whose expected values are in the input are misreadings; documents would not help.
-    extraction = bool(r.failures) and 2 * r.failures.get("knowledge_in_input", 0) > r.failures.get("knowledge", 0)
+    extraction = mostly_extraction(r.failures)
     if (not extraction and not any(s.kind.retrieves for s in statuses)
             and (factors.knowledge_change in ("fast", "slow") or wrong_valid > 0)):
         if untried_retrieval:
@@ -209,6 +209,11 @@ def explain_none(
                          "your documents as the knowledge source")
     if not steps:
         steps.append("revisit the target or the metric: every measured rung falls short")
+
+
+def mostly_extraction(failures: dict[str, int] | None) -> bool:
+    """Whether most valid-but-wrong answers had their expected values in the input (extraction misses)."""
+    return bool(failures) and 2 * failures.get("knowledge_in_input", 0) > failures.get("knowledge", 0)
 
 
 def explain_failures(results: Sequence[RungResult], *, labels: bool = False) -> tuple[list[str], str | None]:
@@ -265,7 +270,7 @@ def explain_failures(results: Sequence[RungResult], *, labels: bool = False) -> 
             step = (f"{best.rung}'s remaining failures are valid labels but the wrong ones ({k} of {b + k}): the model "
                     "confuses labels; more training examples of the confused labels or clearer label definitions in "
                     "the instructions, and retrieval (the rag rung) only if telling them apart needs facts in documents")
-        elif 2 * best.failures.get("knowledge_in_input", 0) > k:
+        elif mostly_extraction(best.failures):
             step = (f"{best.rung}'s remaining failures are valid but wrong answers ({k} of {b + k}), "
                     f"{best.failures['knowledge_in_input']} of them with the expected values in the input itself: the "
                     "model misreads what it was given, which retrieval cannot fix; demos of that extraction, a larger "
